@@ -1,0 +1,27 @@
+"""Shared fixtures: a private DINOSCOPE_HOME per test, tiny random-weight backbones, real photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True)
+def dinoscope_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never touch the user's real cache or libraries from a test."""
+    home = tmp_path_factory.mktemp("dinoscope_home")
+    monkeypatch.setenv("DINOSCOPE_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def skimage_data_dir() -> Path:
+    """scikit-image ships real photos (astronaut, coffee, chelsea, rocket...) inside the package."""
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
