@@ -41,7 +41,7 @@ def load_state(source: Source, progress: ProgressFn | None = None, allow_downloa
                 )
             path = zoo.download(source, progress=progress)
         sd, cfg = extract_backbone_state_dict(read_tensor_file(path), str(path))
-        return sd, cfg or zoo.entry(source).config.to_dict(), source
+        return sd, cfg, source
     path = Path(source).expanduser()
     if path.is_dir():
         raw, _hf_config = read_hf_folder(path)

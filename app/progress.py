@@ -1,0 +1,63 @@
+"""A plain stderr progress bar for the command line (redraws in a terminal, prints sparse lines otherwise)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _fmt_secs(s: float | None) -> str:
+    if s is None:
+        return "--:--"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+class ProgressBar:
+    def __init__(self, label: str, unit: str = "img", stream: TextIO | None = None) -> None:
+        self.label = label
+        self.unit = unit
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last = 0.0
+
+    def update(self, done: int, total: int | None, extra: str = "", force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last < (0.1 if self.tty else 5.0):
+            return
+        self._last = now
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if self.unit == "B":
+            amount = f"{_fmt_bytes(done)}" + (f"/{_fmt_bytes(total)}" if total else "")
+            speed = f"{_fmt_bytes(rate)}/s"
+        else:
+            amount = f"{done}" + (f"/{total}" if total else "")
+            speed = f"{rate:.1f} {self.unit}/s"
+        eta = (total - done) / rate if total and rate > 0 else None
+        bar = ""
+        if total:
+            filled = int(24 * min(done / total, 1.0))
+            bar = "[" + "#" * filled + "." * (24 - filled) + f"] {100 * done / total:5.1f}% "
+        line = f"{self.label} {bar}{amount} {speed} ETA {_fmt_secs(eta)}{(' ' + extra) if extra else ''}"
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self, done: int, total: int | None, extra: str = "") -> None:
+        self.update(done, total, extra, force=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
