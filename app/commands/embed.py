@@ -12,6 +12,21 @@ import numpy as np
 from app.progress import ProgressBar
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("embed", help="write one L2-normalised DINOv2 vector per image")
+    e.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    e.add_argument("--model", default="dinov2_vits14",
+                   help="zoo name, .pth/.safetensors file, Hugging Face folder or Dinoscope checkpoint")
+    e.add_argument("--out", required=True, type=Path,
+                   help="output .npy (CLS vectors); with --patch an .npz holding cls, patch tokens and paths")
+    e.add_argument("--batch", type=int, default=None, help="images per forward pass (default 8 on CPU, 64 on GPU)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    e.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="inference precision (auto: bf16 where the hardware is fast at it)")
+    e.add_argument("--patch", action="store_true", help="also save the 16x16 patch tokens of each image")
+    e.add_argument("--workers", type=int, default=None, help="decoding threads")
+
+
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
     """Expand folders recursively (skipping hidden entries); return (image paths, problems)."""
     from engine.imageio import SUPPORTED_EXTENSIONS
@@ -44,7 +59,7 @@ def _atomic_save(out: Path, write) -> None:
     os.replace(tmp, out)
 
 
-def run_embed(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from engine.extract import Extractor
     from engine.models import CheckpointError, load_backbone
     from engine.models.download import DownloadError
