@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.device import pick_device, pick_dtype
+from engine.models.fuse import fold_layerscale
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -81,6 +82,7 @@ class Extractor:
         batch_size: int | None = None,
         workers: int | None = None,
         patch_tokens: bool = False,
+        cpu_chunk: int | None = 8,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -91,16 +93,18 @@ class Extractor:
         if precision == "int8":
             if self.device.type != "cpu":
                 raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
-            import copy
-
-            self.model = _quantize_int8(copy.deepcopy(model).float().eval())
+            self.model = _quantize_int8(fold_layerscale(model).float().eval())
             self.dtype = torch.float32
             self.precision = "int8"
         else:
             self.dtype = pick_dtype(self.device, precision)
             self.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-            self.model = model.to(self.device).eval()
+            self.model = fold_layerscale(model).to(self.device).eval()
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
+        # On a CPU, a forward pass over more than ~8 images spills its activations out of the caches and gets
+        # slower per image (ENVIRONMENT.md §6: transformers drops from 35 to 23 img/s at batch 32), so large
+        # batches run as cache-sized chunks. GPUs want the whole batch at once.
+        self.chunk = cpu_chunk if self.device.type == "cpu" else None
         self.workers = workers or min(4, os.cpu_count() or 2)
 
     # --------------------------------------------------------------------------- tensors in, features out
@@ -112,6 +116,9 @@ class Extractor:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
+        if self.chunk and len(x) > self.chunk:
+            parts = [self.forward(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
+            return {k: torch.cat([p[k] for p in parts]) for k in ("x_norm_clstoken", "x_norm_patchtokens")}
         with self._autocast():
             out = self.model.forward_features(x)
         return out

@@ -179,3 +179,17 @@ def test_list_input_runs_each_crop_set_separately() -> None:
         single = model.forward_features(loc)
     assert len(outs) == 2
     assert torch.allclose(outs[1]["x_norm_clstoken"], single["x_norm_clstoken"])
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
+def test_folding_layerscale_keeps_outputs_and_leaves_the_original_alone(ffn: str) -> None:
+    from engine.models.fuse import fold_layerscale
+
+    model = tiny_backbone(registers=4, ffn=ffn)
+    folded = fold_layerscale(model)
+    x = torch.randn(2, 3, 112, 140)
+    with torch.no_grad():
+        a, b = model.forward_features(x), folded.forward_features(x)
+    assert (a["x_prenorm"] - b["x_prenorm"]).abs().max() < 1e-5
+    assert isinstance(model.blocks[0].ls1, torch.nn.Module) and hasattr(model.blocks[0].ls1, "gamma")
+    assert not hasattr(folded.blocks[0].ls1, "gamma")
