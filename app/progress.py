@@ -30,12 +30,16 @@ class ProgressBar:
         self.tty = self.stream.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
+        self._printed: tuple | None = None
 
     def update(self, done: int, total: int | None, extra: str = "", force: bool = False) -> None:
         now = time.perf_counter()
         if not force and now - self._last < (0.1 if self.tty else 5.0):
             return
+        if not self.tty and self._printed == (done, total, extra):
+            return  # a log file gets each state once
         self._last = now
+        self._printed = (done, total, extra)
         elapsed = now - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         if self.unit == "B":
@@ -57,6 +61,8 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self, done: int, total: int | None, extra: str = "") -> None:
+        if not self.tty and self._printed and self._printed[:2] == (done, total) and not extra:
+            return
         self.update(done, total, extra, force=True)
         if self.tty:
             self.stream.write("\n")
