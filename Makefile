@@ -26,8 +26,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/extract.py
 
+# One-folder bundle in dist/dinoscope/ (~3 min), then a smoke check of the frozen executable.
 bundle: $(STAMP)
-	$(VENV)/bin/pyinstaller --noconfirm pyinstaller.spec
+	$(VENV)/bin/pyinstaller --noconfirm --clean pyinstaller.spec
+	dist/dinoscope/dinoscope --help
+	dist/dinoscope/dinoscope models
+
+# Menu entry + icons for the current user; runs the bundle if built, else .venv/bin/dinoscope.
+install-desktop: $(STAMP)
+	bash assets/install_desktop.sh
 
 clean:
 	rm -rf build dist $(VENV)
