@@ -1,0 +1,57 @@
+"""The backbone the app is using: which one, on which device, loaded once in a worker and shared by every panel."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from PySide6.QtCore import QObject, QSettings, Signal
+
+DEFAULT_MODEL = "dinov2_vits14"
+
+
+class ModelService(QObject):
+    changed = Signal(str)  # the model source the user picked
+    loaded = Signal(str, str)  # source, device description ("CPU bf16", "CUDA (NVIDIA H100) bf16")
+
+    def __init__(self, settings: QSettings, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.source: str = str(settings.value("model/source", DEFAULT_MODEL))
+        self.device_name: str = str(settings.value("model/device", "auto"))
+        self._lock = threading.Lock()
+        self._extractor: Any = None
+        self._extractor_source: str | None = None
+        self.device_text = ""
+
+    def set_source(self, source: str) -> None:
+        if source == self.source:
+            return
+        self.source = source
+        self.settings.setValue("model/source", source)
+        with self._lock:
+            self._extractor = None
+            self._extractor_source = None
+        self.changed.emit(source)
+
+    def extractor(self, progress=None, patch_tokens: bool = False):
+        """The current model wrapped for inference; loads it on first use (call from a worker thread)."""
+        from engine import device as dev
+        from engine.extract import Extractor
+        from engine.models import load_backbone
+
+        with self._lock:
+            if self._extractor is not None and self._extractor_source == self.source:
+                ex = self._extractor
+            else:
+                model = load_backbone(self.source, progress=progress)
+                ex = Extractor(model, device=self.device_name)
+                self._extractor, self._extractor_source = ex, self.source
+                self.device_text = f"{dev.describe(ex.device)} {ex.precision}"
+                self.loaded.emit(self.source, self.device_text)
+        if patch_tokens and not ex.patch_tokens:
+            ex.patch_tokens = True
+        return ex
+
+    def backbone(self, progress=None):
+        return self.extractor(progress).model

@@ -1,0 +1,107 @@
+"""A virtualised grid of photos: a list model over image ids, thumbnails from the cache, optional scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, QSize, Qt, QUrl
+from PySide6.QtGui import QColor, QPixmap
+from PySide6.QtWidgets import QAbstractItemView, QListView, QWidget
+
+from app.gui.thumbnails import ThumbnailCache
+
+IdRole = Qt.ItemDataRole.UserRole + 1
+PathRole = Qt.ItemDataRole.UserRole + 2
+ScoreRole = Qt.ItemDataRole.UserRole + 3
+
+
+@dataclass
+class GridItem:
+    image_id: int
+    path: str
+    score: float | None = None
+    caption: str = ""
+
+
+class ThumbnailModel(QAbstractListModel):
+    def __init__(self, cache: ThumbnailCache, parent=None) -> None:
+        super().__init__(parent)
+        self.cache = cache
+        self.items: list[GridItem] = []
+        self._row_of: dict[int, int] = {}
+        cache.updated.connect(self._thumbs_arrived)
+        self._placeholder = QPixmap(8, 8)
+        self._placeholder.fill(QColor(60, 60, 66))
+
+    def set_items(self, items: list[GridItem]) -> None:
+        self.beginResetModel()
+        self.items = items
+        self._row_of = {it.image_id: i for i, it in enumerate(items)}
+        self.endResetModel()
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.items)
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        it = self.items[index.row()]
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self.cache.get(it.image_id) or self._placeholder
+        if role == Qt.ItemDataRole.DisplayRole:
+            if it.caption:
+                return it.caption
+            return f"{it.score:.3f}" if it.score is not None else None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return it.path + (f"\ncosine {it.score:.4f}" if it.score is not None else "")
+        if role == IdRole:
+            return it.image_id
+        if role == PathRole:
+            return it.path
+        if role == ScoreRole:
+            return it.score
+        return None
+
+    def flags(self, index):
+        return super().flags(index) | Qt.ItemFlag.ItemIsDragEnabled
+
+    def mimeTypes(self) -> list[str]:
+        return ["text/uri-list"]
+
+    def mimeData(self, indexes) -> QMimeData:
+        """Dragging photos out of a grid carries their files, so a drop on the search zone searches by them."""
+        md = QMimeData()
+        md.setUrls([QUrl.fromLocalFile(self.items[i.row()].path) for i in indexes if i.isValid()])
+        return md
+
+    def _thumbs_arrived(self, ids: list[int]) -> None:
+        rows = [self._row_of[i] for i in ids if i in self._row_of]
+        if rows:
+            self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)), [Qt.ItemDataRole.DecorationRole])
+
+
+class ThumbnailGrid(QListView):
+    def __init__(self, cache: ThumbnailCache, icon: int = 128, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setModel(ThumbnailModel(cache, self))
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setMovement(QListView.Movement.Static)
+        self.setUniformItemSizes(True)  # lets Qt lay out 100k items without measuring each
+        self.setLayoutMode(QListView.LayoutMode.Batched)
+        self.setBatchSize(500)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setDragEnabled(True)
+        self.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        self.set_icon_size(icon)
+
+    def set_icon_size(self, size: int) -> None:
+        self.setIconSize(QSize(size, size))
+        self.setGridSize(QSize(size + 12, size + 28))
+
+    def grid_model(self) -> ThumbnailModel:
+        return self.model()  # type: ignore[return-value]
+
+    def selected_items(self) -> list[GridItem]:
+        m = self.grid_model()
+        return [m.items[i.row()] for i in sorted(self.selectedIndexes(), key=lambda i: i.row())]

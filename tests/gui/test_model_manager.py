@@ -1,0 +1,67 @@
+"""The model manager downloads an official backbone with a progress bar and validates local checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PySide6.QtWidgets import QMessageBox, QProgressBar, QPushButton
+
+from app.gui.widgets.model_manager import ModelManager
+from app.gui.workers import TaskRunner
+from engine.models import zoo
+from tests.helpers import tiny_backbone
+
+
+def _publish(root: Path, name: str) -> int:
+    e = zoo.entry(name)
+    (root / e.folder).mkdir(parents=True, exist_ok=True)
+    path = root / e.folder / e.filename
+    torch.save(tiny_backbone().state_dict(), path)
+    return path.stat().st_size
+
+
+def test_download_shows_progress_then_offers_use(qtbot, zoo_mirror: Path) -> None:
+    size = _publish(zoo_mirror, "dinov2_vitb14")
+    runner = TaskRunner()
+    dlg = ModelManager(runner, "dinov2_vits14")
+    qtbot.addWidget(dlg)
+    row = list(zoo.ZOO).index("dinov2_vitb14")
+    assert dlg.table.item(row, 3).text() == "not downloaded"
+    seen: list[tuple[int, int]] = []
+    task = dlg.start_download("dinov2_vitb14")
+    task.signals.progress.connect(lambda d, t, _x: seen.append((d, t)))
+    assert isinstance(dlg.table.cellWidget(row, 3), QProgressBar)
+    with qtbot.waitSignal(task.signals.finished, timeout=20000):
+        pass
+    assert seen and seen[-1] == (size, size)
+    assert zoo.status("dinov2_vitb14") == "downloaded"
+    assert dlg.table.item(row, 3).text() == "downloaded"
+    button = dlg.table.cellWidget(row, 4)
+    assert isinstance(button, QPushButton) and button.text() == "Use"
+    with qtbot.waitSignal(dlg.model_chosen) as chosen:
+        button.click()
+    assert chosen.args == ["dinov2_vitb14"]
+    runner.wait()
+
+
+def test_load_checkpoint_validates_strictly(qtbot, tmp_path: Path, monkeypatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda _p, title, msg: warnings.append(f"{title}: {msg}"))
+    runner = TaskRunner()
+    dlg = ModelManager(runner, "dinov2_vits14")
+    qtbot.addWidget(dlg)
+    good = tmp_path / "mine.pth"
+    torch.save(tiny_backbone(registers=4).state_dict(), good)
+    with qtbot.waitSignal(dlg.model_chosen, timeout=10000) as chosen:
+        dlg.load_checkpoint(str(good))
+    assert chosen.args == [str(good)]
+    assert "4 registers" in dlg.current_label.text()
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    task = dlg.load_checkpoint(str(bad))
+    with qtbot.waitSignal(task.signals.failed, timeout=10000):
+        pass
+    qtbot.waitUntil(lambda: bool(warnings))
+    assert "bad.pth" in warnings[0]
+    runner.wait()
