@@ -1,0 +1,364 @@
+"""The library database: ORM tables, the schema version and the migrations that bring old files up to date.
+
+The database is the source of truth. Everything else in a library folder (vector files, FAISS indexes) is derived
+from it and can be rebuilt, so every embedding is stored here as a BLOB.
+
+Layout notes (why, not what):
+* Per-model tables use (model_id, image_id) as their primary key, so one model's rows are a contiguous range of
+  the key index (reading every vector of a model in image-id order is one index scan); a second index on image_id
+  keeps ON DELETE CASCADE from images cheap.
+* Region vectors live in their own table rather than beside the global vector: at 20 x D float16 they are ten times
+  larger, and sharing a row pushed each global vector onto an overflow page. Measured on 100k x 384 rows: reading
+  all global vectors took 7.9 s cold / 0.6 s warm from the shared rows, 0.7 s / 0.25 s from a separate table.
+* ``models.revision`` is bumped by triggers on every change to a model's embeddings (cascades included). A vector
+  file records the revision it was built from, which catches a re-embedded image whose id did not change.
+* ``images.id`` uses AUTOINCREMENT: ids are never reused, so an id held by a stale index or a GUI selection can
+  never silently point at a different photo.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    CheckConstraint,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+"""The schema this code writes. Bump it and register a migration in MIGRATIONS when a table changes."""
+
+STATUSES = ("pending", "ok", "error")
+LABEL_SOURCES = ("user", "knn", "probe")
+
+
+class StoreError(Exception):
+    """A library cannot be used as asked; the message says why and what to do."""
+
+
+class LibraryVersionError(StoreError):
+    """The database was written by a newer Dinoscope; it is left untouched."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class IsoDateTime(TypeDecorator):
+    """Datetimes as ISO-8601 text that keeps the UTC offset when there is one.
+
+    EXIF capture times are local wall-clock times, usually without an offset: stored as written they sort the way
+    a photographer expects. SQLAlchemy's SQLite DateTime would drop an offset silently.
+    """
+
+    impl = String(40)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> str | None:
+        return None if value is None else value.isoformat()
+
+    def process_result_value(self, value: str | None, dialect) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: IsoDateTime()}  # noqa: RUF012 (SQLAlchemy reads this class attribute)
+
+
+class Meta(Base):
+    """Key/value facts about the library: the schema version and per-library settings."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Folder(Base):
+    """A source folder the user added; every image belongs to exactly one."""
+
+    __tablename__ = "folders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Image(Base):
+    """One file on disk. status 'error' rows keep the reason, so a broken file is listed instead of retried."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint(f"status IN {STATUSES}", name="image_status"),
+        Index("ix_images_content_hash", "content_hash"),
+        Index("ix_images_status", "status"),
+        Index("ix_images_folder", "folder_id"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text, unique=True)  # absolute
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str | None] = mapped_column(String(32))  # blake2b-128 hex of the whole file
+    width: Mapped[int | None] = mapped_column(Integer)  # as displayed (EXIF orientation applied)
+    height: Mapped[int | None] = mapped_column(Integer)
+    orientation: Mapped[int | None] = mapped_column(Integer)
+    captured_at: Mapped[datetime | None] = mapped_column()
+    format: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(8), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    indexed_at: Mapped[datetime | None] = mapped_column()
+
+
+class Thumbnail(Base):
+    """A small JPEG (longest side 256), made from the same decode as the model input and shared by all models."""
+
+    __tablename__ = "thumbnails"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+
+
+class Model(Base):
+    """A backbone, identified by its weights (checkpoint_hash), whatever file or zoo name they came from."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    checkpoint_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    patch_size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # maintained by triggers on embeddings
+
+
+class Embedding(Base):
+    """The global (CLS) vector of an image under a model: float32, L2-normalised."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (Index("ix_embeddings_image", "image_id"),)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Region(Base):
+    """Pooled patch vectors (2x2 then 4x4 grid, 20 x D float16, each L2-normalised); deleted with the embedding."""
+
+    __tablename__ = "regions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model_id", "image_id"], ["embeddings.model_id", "embeddings.image_id"], ondelete="CASCADE"
+        ),
+        Index("ix_regions_image", "image_id"),
+    )
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (
+        CheckConstraint(f"source IN {LABEL_SOURCES}", name="label_source"),
+        Index("ix_labels_name", "name"),
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    source: Mapped[str] = mapped_column(String(8), default="user")
+    confidence: Mapped[float | None] = mapped_column(Float)
+
+
+class MapCoord(Base):
+    __tablename__ = "map_coords"
+    __table_args__ = (Index("ix_map_coords_image", "image_id"),)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    cluster: Mapped[int | None] = mapped_column(Integer)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+    __table_args__ = (Index("ix_clusters_image", "image_id"),)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    k: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    cluster: Mapped[int] = mapped_column(Integer)
+
+
+_REVISION_TRIGGERS = (
+    """CREATE TRIGGER embeddings_revision_insert AFTER INSERT ON embeddings
+       BEGIN UPDATE models SET revision = revision + 1 WHERE id = NEW.model_id; END""",
+    """CREATE TRIGGER embeddings_revision_update AFTER UPDATE ON embeddings
+       BEGIN UPDATE models SET revision = revision + 1 WHERE id IN (OLD.model_id, NEW.model_id); END""",
+    """CREATE TRIGGER embeddings_revision_delete AFTER DELETE ON embeddings
+       BEGIN UPDATE models SET revision = revision + 1 WHERE id = OLD.model_id; END""",
+)
+
+# --------------------------------------------------------------------------------------------------- versions
+
+Migration = Callable[[Connection], None]
+
+MIGRATIONS: dict[int, Migration] = {}
+"""target version -> function that upgrades a database at version target-1, run inside one transaction.
+
+A new database is created directly at SCHEMA_VERSION from the ORM above; migrations only ever run on files that
+were written by an older Dinoscope. Version 1 is the first released schema, so nothing is registered yet.
+"""
+
+
+def _on_connect(dbapi_connection, _record) -> None:
+    # pysqlite's own transaction handling would not put DDL (migrations) or SELECTs inside a transaction; let
+    # SQLAlchemy's begin event below emit BEGIN instead (the recipe from SQLAlchemy's SQLite dialect docs).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer, and a kill never corrupts
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _on_begin(conn: Connection) -> None:
+    """BEGIN, or BEGIN IMMEDIATE for write transactions (execution option sqlite_begin="IMMEDIATE"): taking the
+    write lock up front means a writer waits its turn instead of failing when its read snapshot turns stale."""
+    conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip())
+
+
+def stored_version(path: Path) -> int | None:
+    """Read the schema version without changing a single byte of the file (read-only connection).
+
+    None for a file with no tables (new). Raises StoreError for a file that is not a Dinoscope library.
+    """
+    try:
+        tables, row = _read_version(path, f"{path.resolve().as_uri()}?mode=ro")
+    except sqlite3.OperationalError:
+        # A read-only connection cannot rebuild a missing WAL index (-shm); a normal one can, and recovering the
+        # WAL rewrites only the -shm file, never the database file itself.
+        try:
+            tables, row = _read_version(path, path.resolve().as_uri())
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{path}: cannot read the library database ({exc})") from None
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise StoreError(f"{path} is not a Dinoscope library database (it has no meta table)")
+    if row is None:
+        raise StoreError(f"{path}: the library database has no schema version")
+    try:
+        return int(row[0])
+    except ValueError:
+        raise StoreError(f"{path}: the schema version {row[0]!r} is not a number") from None
+
+
+def _read_version(path: Path, uri: str) -> tuple[set[str], tuple | None]:
+    try:
+        con = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the library database ({exc})") from None
+    try:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = None
+        if "meta" in tables:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return tables, row
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: the library database is damaged or not SQLite ({exc})") from None
+    finally:
+        con.close()
+
+
+def check_version(path: Path, version: int | None) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise LibraryVersionError(
+            f"{path} was created by a newer Dinoscope (schema {version}, this version reads up to "
+            f"{SCHEMA_VERSION}); upgrade Dinoscope"
+        )
+
+
+def open_engine(path: Path) -> Engine:
+    """Engine for a library database, brought to SCHEMA_VERSION. A newer database is refused before any write."""
+    version = stored_version(path) if path.exists() else None
+    check_version(path, version)
+    engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "begin", _on_begin)
+    if version == SCHEMA_VERSION:
+        return engine  # the common case takes no write lock, so opening never waits for a running indexer
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def migrate(engine: Engine) -> int:
+    """Create a new database, or apply the registered migrations from its stored version; returns the version.
+
+    All steps run in one transaction (SQLite DDL is transactional): a failure leaves the file as it was.
+    """
+    with engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+        tables = set(inspect(conn).get_table_names())
+        if not tables:
+            Base.metadata.create_all(conn)
+            for ddl in _REVISION_TRIGGERS:
+                conn.exec_driver_sql(ddl)
+            conn.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return SCHEMA_VERSION
+        version = int(conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one())
+        check_version(Path(engine.url.database or "library.db"), version)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            step = MIGRATIONS.get(target)
+            if step is None:
+                raise StoreError(f"no migration from schema {target - 1} to {target}; this build is incomplete")
+            step(conn)
+        if version != SCHEMA_VERSION:
+            conn.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION)})
+        return SCHEMA_VERSION
+
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Base",
+    "Cluster",
+    "Embedding",
+    "Folder",
+    "Image",
+    "Label",
+    "LibraryVersionError",
+    "MapCoord",
+    "Meta",
+    "Model",
+    "Region",
+    "StoreError",
+    "Thumbnail",
+    "check_version",
+    "migrate",
+    "open_engine",
+    "stored_version",
+]
