@@ -34,6 +34,16 @@ class ModelService(QObject):
             self._extractor_source = None
         self.changed.emit(source)
 
+    def available_locally(self) -> bool:
+        """Whether the model can load without a download (a zoo file in the cache, or a local checkpoint)."""
+        from pathlib import Path
+
+        from engine.models import zoo
+
+        if self.source in zoo.ZOO:
+            return zoo.local_path(self.source) is not None
+        return Path(self.source).exists()
+
     def extractor(self, progress=None, patch_tokens: bool = False):
         """The current model wrapped for inference; loads it on first use (call from a worker thread)."""
         from engine import device as dev

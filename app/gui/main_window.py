@@ -1,0 +1,303 @@
+"""The main window: library dock, tabs for browsing and searching, status bar with model, device and tasks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.library_service import LibraryService
+from app.gui.model_service import ModelService
+from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.library_panel import LibraryPanel
+from app.gui.widgets.search_panel import SearchPanel
+from app.gui.widgets.task_bar import TaskBar
+from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
+from app.gui.widgets.viewer import Viewer
+from app.gui.workers import Task, TaskRunner
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif",
+                  ".avif"}
+SORTS = {"Name": "path", "Date taken": "captured_at", "Date added": "id"}
+
+
+def settings_for_app() -> QSettings:
+    from engine import paths
+
+    return QSettings(str(paths.home() / "settings.ini"), QSettings.Format.IniFormat)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, log_path: Path | None = None, settings: QSettings | None = None,
+                 first_start_sample: bool = True) -> None:
+        super().__init__()
+        self.first_start_sample = first_start_sample
+        self.setWindowTitle("Dinoscope")
+        self.resize(1280, 820)
+        self.setAcceptDrops(True)
+        self.log_path = log_path
+        self.settings = settings or settings_for_app()
+        self.runner = TaskRunner(self)
+        self.models = ModelService(self.settings, self)
+        self.libraries = LibraryService(self.settings, self)
+        self.thumbs = ThumbnailCache(self._fetch_thumbnails, parent=self)
+
+        # Left: the library and its folders.
+        self.library_panel = LibraryPanel()
+        dock = QDockWidget("Library", self)
+        dock.setObjectName("library_dock")
+        dock.setWidget(self.library_panel)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self.library_panel.add_folder_requested.connect(self.add_folder)
+        self.library_panel.library_selected.connect(self.open_library)
+        self.library_panel.show_errors_requested.connect(self.show_errors)
+
+        # Centre: tabs.
+        self.tabs = QTabWidget()
+        self.setCentralWidget(self.tabs)
+        self.browse = self._make_browse_tab()
+        self.tabs.addTab(self.browse, "Library")
+        self.search_panel = SearchPanel(self.models, self.libraries, self.runner, self.thumbs)
+        self.tabs.addTab(self.search_panel, "Search")
+        self.viewer = Viewer(self.models, self.runner)
+        self.tabs.addTab(self.viewer, "Photo")
+        self.grid.doubleClicked.connect(self._open_from_grid)
+        self.search_panel.open_photo.connect(self.open_photo)
+        self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.search_panel.error.connect(self.error)
+        self.viewer.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.viewer.region_search.connect(self._search_region)
+
+        # Bottom: model and device, running task.
+        self.model_label = QPushButton()
+        self.model_label.setFlat(True)
+        self.model_label.setToolTip("The DINOv2 model in use and where it runs; click to manage models")
+        self.model_label.clicked.connect(self.show_models)
+        self.task_bar = TaskBar()
+        self.statusBar().addPermanentWidget(self.task_bar)
+        self.statusBar().addPermanentWidget(self.model_label)
+        self.models.changed.connect(lambda _s: self._update_model_label())
+        self.models.loaded.connect(lambda _s, _d: self._update_model_label())
+        self._update_model_label()
+
+        self._make_menu()
+        self.libraries.opened.connect(lambda _lib: self.refresh_library())
+        self._open_start_library()
+
+    # ------------------------------------------------------------------------------------------- layout
+    def _make_browse_tab(self) -> QWidget:
+        w = QWidget()
+        v = QVBoxLayout(w)
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel("Sort by"))
+        self.sort_box = QComboBox()
+        self.sort_box.addItems(list(SORTS))
+        self.sort_box.currentTextChanged.connect(lambda _t: self.refresh_grid())
+        bar.addWidget(self.sort_box)
+        bar.addStretch(1)
+        self.grid_status = QLabel()
+        bar.addWidget(self.grid_status)
+        v.addLayout(bar)
+        self.grid = ThumbnailGrid(self.thumbs)
+        v.addWidget(self.grid, 1)
+        return w
+
+    def _make_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        add = QAction("&Add folder…", self)
+        add.setShortcut(QKeySequence("Ctrl+O"))
+        add.triggered.connect(self.library_panel._choose_folder)
+        file_menu.addAction(add)
+        quit_ = QAction("&Quit", self)
+        quit_.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_.triggered.connect(self.close)
+        file_menu.addAction(quit_)
+        model_menu = self.menuBar().addMenu("&Model")
+        manage = QAction("&Models…", self)
+        manage.triggered.connect(self.show_models)
+        model_menu.addAction(manage)
+
+    # ------------------------------------------------------------------------------------------ library
+    def _open_start_library(self) -> None:
+        from engine.store import Library
+
+        name = str(self.settings.value("library/name", ""))
+        try:
+            if name:
+                self.libraries.open(name)
+            elif Library.list_names():
+                self.libraries.open(Library.list_names()[0])
+            elif self.first_start_sample:
+                self._open_sample_library()
+            else:
+                self.libraries.open("default")
+        except Exception as e:  # a broken or newer library must not keep the window from opening
+            log.exception("cannot open library %s", name)
+            self.error("Cannot open the library", str(e))
+
+    def _open_sample_library(self) -> None:
+        """First start: a library over the bundled sample photos, indexed if the model is at hand."""
+        from app.gui.resources import asset_path
+
+        lib = self.libraries.open("sample")
+        sample = asset_path("sample")
+        if not sample.is_dir():
+            return
+        lib.add_folder(str(sample))
+        self.refresh_library()
+        if self.models.available_locally():
+            self.add_folder(str(sample))
+        else:
+            self.grid_status.setText(
+                f"The sample photos are ready to index: download {self.models.source} (Model ▸ Models…) or "
+                "load a checkpoint, then use Add folder… or re-open the library")
+
+    def open_library(self, name: str) -> None:
+        try:
+            self.libraries.open(name)
+        except Exception as e:
+            self.error("Cannot open the library", str(e))
+
+    def refresh_library(self) -> None:
+        from engine.store import Library
+
+        lib = self.libraries.library
+        if lib is None:
+            return
+        self.thumbs.clear()
+        self.library_panel.show_library(Library.list_names(), lib.name, [str(f.path) for f in lib.folders()],
+                                        lib.counts())
+        self.refresh_grid()
+
+    def refresh_grid(self) -> None:
+        lib = self.libraries.library
+        if lib is None:
+            return
+        order = SORTS[self.sort_box.currentText()]
+        rows = lib.images(status="ok", order_by=order)
+        self.grid.grid_model().set_items([GridItem(r.id, r.path) for r in rows])
+        self.grid_status.setText(f"{len(rows)} photos")
+
+    def _fetch_thumbnails(self, ids: list[int]) -> dict[int, bytes]:
+        lib = self.libraries.library
+        if lib is None:
+            return {}
+        return {i: lib.thumbnail(i) for i in ids}
+
+    def add_folder(self, path: str) -> Task | None:
+        if self.libraries.library is None:
+            return None
+        task = self.libraries.index_task([path], self.models.source, self.models.device_name)
+        return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self.refresh_library(),
+                             on_progress=lambda *_: self._maybe_refresh_while_indexing())
+
+    def _maybe_refresh_while_indexing(self) -> None:
+        """The grid fills while indexing runs: refresh at most every two seconds."""
+        import time
+
+        now = time.monotonic()
+        if now - getattr(self, "_last_live_refresh", 0.0) > 2.0:
+            self._last_live_refresh = now
+            self.refresh_grid()
+
+    def show_errors(self) -> None:
+        lib = self.libraries.library
+        errors = lib.errors() if lib is not None else []
+        text = "\n".join(f"{p}: {e}" for p, e in errors[:200])
+        box = QMessageBox(QMessageBox.Icon.Information, "Unreadable files",
+                          f"{len(errors)} files could not be read; they are skipped.", parent=self)
+        box.setDetailedText(text)
+        box.exec()
+
+    # ----------------------------------------------------------------------------------------- models
+    def _update_model_label(self) -> None:
+        device = self.models.device_text or "device chosen on first use"
+        self.model_label.setText(f"Model: {self.models.source} · {device}")
+
+    def show_models(self) -> None:
+        from app.gui.widgets.model_manager import ModelManager
+
+        dlg = ModelManager(self.runner, self.models.source, self)
+        dlg.model_chosen.connect(self.models.set_source)
+        dlg.exec()
+
+    # ------------------------------------------------------------------------------------------ search
+    def search_files(self, paths: list[Path]) -> Task | None:
+        """Files dropped anywhere on the window, or passed on the command line."""
+        self.tabs.setCurrentWidget(self.search_panel)
+        return self.search_panel.search_files(paths)
+
+    def _search_region(self, path: str, box: tuple) -> None:
+        self.tabs.setCurrentWidget(self.search_panel)
+        self.search_panel.search_region(path, box)
+
+    def open_photo(self, path: str, context: list[str] | None = None) -> None:
+        self.viewer.open(path, context or [])
+        self.tabs.setCurrentWidget(self.viewer)
+
+    def _open_from_grid(self, index) -> None:
+        items = self.grid.grid_model().items
+        row = index.row()
+        near = [it.path for it in items[max(0, row - 4) : row + 5] if it.path != items[row].path]
+        self.open_photo(items[row].path, near)
+
+    def dragEnterEvent(self, event) -> None:
+        if _image_paths(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        paths = _image_paths(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.search_files(paths)
+
+    # ------------------------------------------------------------------------------------------- tasks
+    def run_task(self, task: Task, title: str, on_done=None, on_progress=None) -> Task:
+        self.task_bar.follow(task, title)
+        if on_done is not None:
+            task.signals.finished.connect(on_done)
+        if on_progress is not None:
+            task.signals.progress.connect(on_progress)
+        task.signals.failed.connect(lambda msg, _tb: self.error(title + " failed", msg))
+        return self.runner.start(task)
+
+    def error(self, title: str, message: str) -> None:
+        """Errors say what happened and where the details are; they never pass silently."""
+        log.error("%s: %s", title, message)
+        where = f"\n\nDetails are in the log: {self.log_path}" if self.log_path else ""
+        QMessageBox.warning(self, title, message + where)
+
+    def closeEvent(self, event) -> None:
+        self.runner.cancel_all()
+        self.runner.wait(5000)
+        self.thumbs.wait()
+        super().closeEvent(event)
+
+
+def _image_paths(md) -> list[Path]:
+    if not md.hasUrls():
+        return []
+    out = []
+    for url in md.urls():
+        if url.isLocalFile():
+            p = Path(url.toLocalFile())
+            if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(p)
+    return out

@@ -1,0 +1,227 @@
+"""Drag-and-drop search: the query photos (removable), the ranked results with cosine scores, "more like these".
+
+Queries may come from anywhere: files dropped from a file manager or from a grid, the clipboard, a box drawn on
+the viewer. The engine embeds them with the library's model and searches its index; this panel only shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QImage, QImageReader, QKeySequence, QPixmap, QShortcut
+from PySide6.QtWidgets import (
+    QApplication,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
+from app.gui.workers import Task, TaskRunner
+
+
+@dataclass
+class Query:
+    label: str
+    path: str | None = None  # a file
+    data: bytes | None = None  # pasted pixels (PNG)
+    box: tuple[float, float, float, float] | None = None  # region of `path`
+    thumb: QPixmap | None = field(default=None, repr=False)
+
+
+def _small_pixmap(path: str, size: int) -> QPixmap:
+    """Decode at reduced size (libjpeg scaling) with EXIF orientation: cheap even for 12 MP photos."""
+    reader = QImageReader(path)
+    reader.setAutoTransform(True)
+    full = reader.size()
+    if full.isValid():
+        reader.setScaledSize(full.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio))
+    return QPixmap.fromImage(reader.read())
+
+
+def _search_task(report, cancelled, models, library_name: str, queries: list[Query], k: int):
+    """Embed the queries with the model in use and search the library; unreadable queries are reported."""
+    from engine import search
+    from engine.imageio import ImageDecodeError, load_rgb
+    from engine.store import Library
+
+    lib = Library.open(library_name)
+    extractor = models.extractor(patch_tokens=any(q.box for q in queries))
+    report(0, 0, "Searching…")
+    problems: list[str] = []
+    regions = [q for q in queries if q.box]
+    if regions:
+        q = regions[-1]
+        return search.search_by_region(lib, extractor, q.path, q.box, k=k), problems
+    images = []
+    for q in queries:
+        try:
+            images.append(load_rgb(q.data if q.data is not None else q.path))
+        except ImageDecodeError as e:
+            problems.append(str(e))
+    if not images:
+        return [], problems
+    return search.search_by_images(lib, extractor, images, k=k), problems
+
+
+class SearchPanel(QWidget):
+    open_photo = Signal(str, list)  # path, the result paths as context
+    status = Signal(str)
+    error = Signal(str, str)
+
+    def __init__(self, models, libraries, runner: TaskRunner, cache: ThumbnailCache,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.models, self.libraries, self.runner = models, libraries, runner
+        self.queries: list[Query] = []
+        self.results: list = []
+        self.setAcceptDrops(True)
+
+        top = QHBoxLayout()
+        self.hint = QLabel("Drop photos here (or anywhere on the window), or paste one with Ctrl+V, to find "
+                           "similar photos in the library.")
+        self.hint.setWordWrap(True)
+        top.addWidget(self.hint, 1)
+        top.addWidget(QLabel("Results"))
+        self.k = QSpinBox()
+        self.k.setRange(1, 1000)
+        self.k.setValue(60)
+        top.addWidget(self.k)
+        self.more_button = QPushButton("More like these")
+        self.more_button.setToolTip("Search again with the selected results added to the queries")
+        self.more_button.clicked.connect(self.more_like_selected)
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.clicked.connect(self.clear)
+        top.addWidget(self.more_button)
+        top.addWidget(self.clear_button)
+
+        self.query_list = QListWidget()
+        self.query_list.setViewMode(QListWidget.ViewMode.IconMode)
+        self.query_list.setIconSize(QSize(96, 96))
+        self.query_list.setFixedHeight(132)
+        self.query_list.setFlow(QListWidget.Flow.LeftToRight)
+        self.query_list.setWrapping(False)
+        self.query_list.setToolTip("The query photos; select one and press Delete to remove it")
+        QShortcut(QKeySequence.StandardKey.Delete, self.query_list, activated=self.remove_selected_queries)
+
+        self.grid = ThumbnailGrid(cache)
+        self.grid.doubleClicked.connect(self._open_result)
+        QShortcut(QKeySequence.StandardKey.Paste, self, activated=self.paste)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.query_list)
+        layout.addWidget(self.grid, 1)
+
+    # ------------------------------------------------------------------------------------------ queries
+    def search_files(self, paths: list[Path]) -> Task | None:
+        files = []
+        for p in paths:
+            files += sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        self.queries = [Query(label=f.name, path=str(f)) for f in files[:64]]
+        return self.run()
+
+    def add_queries(self, queries: list[Query]) -> Task | None:
+        self.queries += queries
+        return self.run()
+
+    def search_region(self, path: str, box: tuple[float, float, float, float]) -> Task | None:
+        self.queries = [Query(label=f"{Path(path).name} (region)", path=path, box=box)]
+        return self.run()
+
+    def paste(self) -> Task | None:
+        md = QApplication.clipboard().mimeData()
+        if md.hasUrls():
+            return self.search_files([Path(u.toLocalFile()) for u in md.urls() if u.isLocalFile()])
+        image: QImage = QApplication.clipboard().image()
+        if image.isNull():
+            self.status.emit("The clipboard holds no image")
+            return None
+        buf = QByteArray()
+        io = QBuffer(buf)
+        io.open(QIODevice.OpenModeFlag.WriteOnly)
+        image.save(io, "PNG")
+        return self.add_queries([Query(label="pasted image", data=bytes(buf.data()))])
+
+    def remove_selected_queries(self) -> Task | None:
+        rows = sorted((self.query_list.row(i) for i in self.query_list.selectedItems()), reverse=True)
+        for r in rows:
+            del self.queries[r]
+        return self.run() if self.queries else self.clear()
+
+    def more_like_selected(self) -> Task | None:
+        picked = self.grid.selected_items()
+        if not picked:
+            self.status.emit("Select some results first")
+            return None
+        return self.add_queries([Query(label=Path(it.path).name, path=it.path) for it in picked])
+
+    def clear(self) -> None:
+        self.queries, self.results = [], []
+        self.query_list.clear()
+        self.grid.grid_model().set_items([])
+
+    def _show_queries(self) -> None:
+        self.query_list.clear()
+        for q in self.queries:
+            item = QListWidgetItem(q.label)
+            pix = QPixmap()
+            if q.data is not None:
+                pix.loadFromData(q.data)
+            elif q.path:
+                pix = _small_pixmap(q.path, 96)
+            if not pix.isNull():
+                item.setIcon(QIcon(pix.scaled(96, 96, Qt.AspectRatioMode.KeepAspectRatio,
+                                              Qt.TransformationMode.SmoothTransformation)))
+            else:
+                item.setToolTip("unreadable")
+            self.query_list.addItem(item)
+
+    # -------------------------------------------------------------------------------------------- search
+    def run(self) -> Task | None:
+        self._show_queries()
+        if not self.queries:
+            return None
+        if self.libraries.library is None:
+            self.error.emit("No library", "Open a library or add a folder of photos first.")
+            return None
+        task = Task(_search_task, self.models, self.libraries.library.name, list(self.queries), self.k.value(),
+                    name="search")
+        task.signals.finished.connect(self._show_results)
+        task.signals.failed.connect(lambda m, _tb: self.error.emit("Search failed", m))
+        self.status.emit("Searching…")
+        return self.runner.start(task)
+
+    def _show_results(self, result) -> None:
+        results, problems = result
+        self.results = results
+        self.grid.grid_model().set_items(
+            [GridItem(r.image_id, r.path, score=r.score, caption=f"#{r.rank}  {r.score:.3f}") for r in results])
+        msg = f"{len(results)} results for {len(self.queries)} quer{'y' if len(self.queries) == 1 else 'ies'}"
+        if problems:
+            msg += f" · {len(problems)} unreadable: " + "; ".join(problems[:3])
+            self.error.emit("Some photos could not be read", "\n".join(problems))
+        self.status.emit(msg)
+
+    def _open_result(self, index) -> None:
+        it = self.grid.grid_model().items[index.row()]
+        self.open_photo.emit(it.path, [r.path for r in self.results[:8]])
+
+    # --------------------------------------------------------------------------------------------- drops
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls() or event.mimeData().hasImage():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        md = event.mimeData()
+        if md.hasUrls():
+            event.acceptProposedAction()
+            self.search_files([Path(u.toLocalFile()) for u in md.urls() if u.isLocalFile()])

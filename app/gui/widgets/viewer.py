@@ -1,0 +1,241 @@
+"""The photo viewer: DINOv2 part colours (PCA), a patch's similarity heatmap, EXIF, region search, show in folder.
+
+Every picture comes from engine.viz; this widget only decides when to ask for one and how to show it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.widgets.photo_view import PhotoView
+from app.gui.workers import Task, TaskRunner
+
+
+def _tokens_task(report, cancelled, models, paths: list[str], resolution: int):
+    """Decode the photo (and the joint set), and compute their dense patch tokens with the model in use."""
+    from engine.imageio import load_rgb
+    from engine.viz.patches import patch_tokens
+
+    model = models.backbone()
+    images = [load_rgb(p) for p in paths]
+    tokens = patch_tokens(model, images, resolution=resolution, progress=lambda d, t: report(d, t, "Patch tokens"))
+    return images, tokens
+
+
+def _parts_task(report, cancelled, tokens, threshold: float, joint: bool):
+    from engine.viz.pca import fit_parts
+
+    return fit_parts([t.tokens for t in tokens], [t.grid for t in tokens], threshold=threshold, joint=joint)
+
+
+def _heatmap_task(report, cancelled, image, tokens, xy: tuple[float, float]):
+    """Similarity of the clicked patch to every patch of this photo and of the joint set, drawn on this photo."""
+    from engine.viz.heatmap import patch_similarity, render_heatmap
+
+    q = tokens[0]
+    maps = patch_similarity(q.tokens, q.grid, xy, q.size, [(t.tokens, t.grid, t.size) for t in tokens[1:]])
+    return render_heatmap(image, maps[0], alpha=1.0), maps
+
+
+def _exif_summary(path: str) -> str:
+    from engine.imageio import ImageDecodeError, read_info
+
+    try:
+        info = read_info(path)
+    except ImageDecodeError as e:
+        return str(e)
+    taken = info.captured_at.strftime("%Y-%m-%d %H:%M") if info.captured_at else "no capture date"
+    return f"{info.width}×{info.height} {info.format} · {taken} · orientation {info.orientation}"
+
+
+class Viewer(QWidget):
+    region_search = Signal(str, tuple)  # path, (x0, y0, x1, y1) in image pixels
+    status = Signal(str)
+
+    def __init__(self, models, runner: TaskRunner, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.models, self.runner = models, runner
+        self.path: str | None = None
+        self.context: list[str] = []  # other photos for joint colours / heatmaps (e.g. the current results)
+        self.image: np.ndarray | None = None
+        self.images: list[np.ndarray] = []
+        self.tokens: list = []
+        self.parts: list = []
+        self.heatmaps: list = []
+        self.resolution = 448
+
+        bar = QHBoxLayout()
+        self.parts_box = QCheckBox("Part colours (PCA)")
+        self.parts_box.setToolTip("DINOv2's patch features reduced to three colours; the same part, the same colour")
+        self.parts_box.toggled.connect(self._parts_toggled)
+        self.joint_box = QCheckBox("Joint with results")
+        self.joint_box.setToolTip("One PCA over this photo and the search results, so colours match across them")
+        self.joint_box.toggled.connect(lambda _on: self._recompute_parts())
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(65)
+        self.opacity.setMaximumWidth(120)
+        self.opacity.valueChanged.connect(lambda v: self.view.overlay.setOpacity(v / 100))
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setToolTip("Foreground threshold on the first component (higher keeps less foreground)")
+        self.threshold.valueChanged.connect(lambda _v: self._recompute_parts())
+        self.heat_box = QCheckBox("Click a patch: similarity")
+        self.heat_box.setToolTip("Click anywhere on the photo to see which patches look like that one")
+        self.region_button = QPushButton("Search a region…")
+        self.region_button.setCheckable(True)
+        self.region_button.setToolTip("Draw a box around an object to find it in other photos")
+        self.region_button.toggled.connect(self._region_mode)
+        self.folder_button = QPushButton("Show in folder")
+        self.folder_button.clicked.connect(self.show_in_folder)
+        for w in (self.parts_box, QLabel("Opacity"), self.opacity, QLabel("Threshold"), self.threshold,
+                  self.joint_box, self.heat_box, self.region_button):
+            bar.addWidget(w)
+        bar.addStretch(1)
+        bar.addWidget(self.folder_button)
+        self.view = PhotoView()
+        self.view.patch_clicked.connect(self._patch_clicked)
+        self.view.box_drawn.connect(self._box_drawn)
+        self.info = QLabel()
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QVBoxLayout(self)
+        layout.addLayout(bar)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.info)
+
+    # ---------------------------------------------------------------------------------------------- open
+    def open(self, path: str, context: list[str] | None = None) -> None:
+        from engine.imageio import ImageDecodeError, load_rgb
+
+        self.path = path
+        self.context = [c for c in (context or []) if c != path][:8]
+        self.tokens, self.parts = [], []
+        try:
+            self.image = load_rgb(path)
+        except ImageDecodeError as e:
+            self.image = None
+            self.info.setText(str(e))
+            return
+        self.view.set_image(self.image)
+        self.info.setText(f"{path}\n{_exif_summary(path)}")
+        if self.parts_box.isChecked() or self.heat_box.isChecked():
+            self._ensure_tokens()
+
+    def _ensure_tokens(self, then=None) -> Task | None:
+        if self.path is None:
+            return None
+        if self.tokens:
+            if then:
+                then()
+            return None
+        paths = [self.path, *self.context]
+        task = Task(_tokens_task, self.models, paths, self.resolution, name="patch tokens")
+
+        def done(result) -> None:
+            self.images, self.tokens = result
+            if then:
+                then()
+            elif self.parts_box.isChecked():
+                self._recompute_parts()
+
+        task.signals.finished.connect(done)
+        task.signals.failed.connect(lambda m, _tb: self.status.emit(f"Patch features failed: {m}"))
+        self.status.emit("Computing patch features…")
+        return self.runner.start(task)
+
+    # ---------------------------------------------------------------------------------------------- parts
+    def _parts_toggled(self, on: bool) -> None:
+        if on:
+            self.heat_box.setChecked(False)
+            if self.tokens:
+                self._recompute_parts()
+            else:
+                self._ensure_tokens()
+        else:
+            self.view.set_overlay(None)
+
+    def _recompute_parts(self) -> Task | None:
+        if not (self.parts_box.isChecked() and self.tokens):
+            return None
+        joint = self.joint_box.isChecked() and len(self.tokens) > 1
+        tokens = self.tokens if joint else self.tokens[:1]
+        task = Task(_parts_task, tokens, float(self.threshold.value()), joint, name="parts")
+        task.signals.finished.connect(self._show_parts)
+        task.signals.failed.connect(lambda m, _tb: self.status.emit(f"Part colours failed: {m}"))
+        return self.runner.start(task)
+
+    def _show_parts(self, parts: list) -> None:
+        from engine.viz.pca import render_overlay
+
+        self.parts = parts
+        if not parts or self.image is None or not self.parts_box.isChecked():
+            return
+        overlay = render_overlay(self.image, parts[0], mode="parts", upsample="bicubic", background="dimmed")
+        self.view.set_overlay(overlay, self.opacity.value() / 100)
+        self.status.emit(parts[0].note or "Part colours: the first principal component separates the foreground")
+
+    # -------------------------------------------------------------------------------------------- heatmap
+    def _patch_clicked(self, x: float, y: float) -> None:
+        if not self.heat_box.isChecked() or self.image is None:
+            return
+        self.parts_box.setChecked(False)
+        self._ensure_tokens(then=lambda: self.show_heatmap(x, y))
+
+    def show_heatmap(self, x: float, y: float) -> Task:
+        task = Task(_heatmap_task, self.image, self.tokens, (x, y), name="heatmap")
+        task.signals.finished.connect(self._show_heatmap)
+        task.signals.failed.connect(lambda m, _tb: self.status.emit(f"Similarity failed: {m}"))
+        return self.runner.start(task)
+
+    def _show_heatmap(self, result) -> None:
+        overlay, maps = result
+        self.heatmaps = maps
+        self.view.set_overlay(overlay, self.opacity.value() / 100)
+        if len(maps) > 1:
+            best = max(maps[1:], key=lambda m: m.best_score)
+            self.status.emit(f"Best match among the results: cosine {best.best_score:.3f}")
+
+    # --------------------------------------------------------------------------------------------- region
+    def _region_mode(self, on: bool) -> None:
+        self.view.box_mode = on
+        self.status.emit("Draw a box around what you are looking for" if on else "")
+
+    def _box_drawn(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        if self.path:
+            self.region_search.emit(self.path, (x0, y0, x1, y1))
+        self.region_button.setChecked(False)
+
+    def show_in_folder(self) -> None:
+        if not self.path:
+            return
+        folder = str(Path(self.path).parent)
+        if sys.platform.startswith("linux"):
+            # Most Linux file managers accept the file itself and select it; fall back to opening the folder.
+            try:
+                subprocess.Popen(["dbus-send", "--session", "--dest=org.freedesktop.FileManager1",
+                                  "--type=method_call", "/org/freedesktop/FileManager1",
+                                  "org.freedesktop.FileManager1.ShowItems",
+                                  f"array:string:{QUrl.fromLocalFile(self.path).toString()}", "string:"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                return
+            except OSError:
+                pass
+        QDesktopServices.openUrl(QUrl.fromLocalFile(folder))

@@ -1,0 +1,97 @@
+"""The main window on real libraries: opens, fills the grid, indexes in the background, starts on the sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from PySide6.QtCore import QSettings
+
+from app.gui.main_window import MainWindow
+from engine.models import DinoVisionTransformer
+from engine.store import Library
+from engine.store.indexer import index_library
+from tests.helpers import tiny_config
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pth"
+    torch.save(DinoVisionTransformer(tiny_config()).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path: Path, skimage_data_dir: Path) -> Path:
+    d = tmp_path / "photos"
+    d.mkdir()
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"):
+        img = Image.open(skimage_data_dir / name).convert("RGB")
+        img.thumbnail((320, 320))
+        img.save(d / f"{Path(name).stem}.jpg", quality=90)
+    (d / "broken.jpg").write_bytes(b"not a photo")
+    return d
+
+
+def _settings(tmp_path: Path, **values) -> QSettings:
+    s = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    for k, v in values.items():
+        s.setValue(k.replace("__", "/"), v)
+    return s
+
+
+def _window(qtbot, settings: QSettings, sample: bool = False) -> MainWindow:
+    win = MainWindow(settings=settings, first_start_sample=sample)
+    qtbot.addWidget(win)
+    win.show()
+    return win
+
+
+def test_opens_an_indexed_library_and_shows_its_photos(qtbot, tmp_path, checkpoint, photos) -> None:
+    with Library.open("family") as lib:
+        index_library(lib, str(checkpoint), folders=[str(photos)], device="cpu")
+    win = _window(qtbot, _settings(tmp_path, library__name="family", model__source=str(checkpoint)))
+    model = win.grid.grid_model()
+    assert model.rowCount() == 5
+    assert "5 photos indexed" in win.library_panel.counts.text() and "1 unreadable" in win.library_panel.counts.text()
+    assert win.library_panel.errors_button.isVisible()
+    assert str(checkpoint) in win.model_label.text()
+    # Thumbnails arrive from the store in a worker and replace the placeholders.
+    for row in range(5):
+        model.data(model.index(row), 1)
+    qtbot.waitUntil(lambda: all(win.thumbs._pixmaps.get(it.image_id) is not None for it in model.items), timeout=10000)
+    assert not win.thumbs._pixmaps[model.items[0].image_id].isNull()
+    win.sort_box.setCurrentText("Date added")
+    assert model.rowCount() == 5
+
+
+def test_add_folder_indexes_in_the_background_with_progress(qtbot, tmp_path, checkpoint, photos) -> None:
+    win = _window(qtbot, _settings(tmp_path, model__source=str(checkpoint)))
+    assert win.grid.grid_model().rowCount() == 0
+    task = win.add_folder(str(photos))
+    assert win.task_bar.isVisible()
+    with qtbot.waitSignal(task.signals.finished, timeout=60000) as done:
+        pass
+    report = done.args[0]
+    assert report.new == 6 and report.failed == 1
+    qtbot.waitUntil(lambda: win.grid.grid_model().rowCount() == 5, timeout=5000)
+    assert not win.task_bar.isVisible()
+
+
+def test_first_start_indexes_the_bundled_sample_library(qtbot, tmp_path, checkpoint) -> None:
+    win = _window(qtbot, _settings(tmp_path, model__source=str(checkpoint)), sample=True)
+    assert win.libraries.library.name == "sample"
+    assert any(str(f.path).endswith("assets/sample") for f in win.libraries.library.folders())
+    assert win.task_bar.isVisible()
+    qtbot.waitUntil(lambda: not win.task_bar.isVisible(), timeout=120000)
+    assert win.grid.grid_model().rowCount() >= 30
+
+
+def test_first_start_without_a_model_says_what_to_do(qtbot, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DINOSCOPE_ZOO_URL", "http://127.0.0.1:9")
+    win = _window(qtbot, _settings(tmp_path), sample=True)
+    assert "download dinov2_vits14" in win.grid_status.text()
+    assert not win.task_bar.isVisible()
