@@ -98,6 +98,9 @@ class MainWindow(QMainWindow):
         self._update_model_label()
 
         self._make_menu()
+        probe = Task(lambda _r, _c: self.models.probe_device(), name="device")
+        probe.signals.finished.connect(lambda _t: self._update_model_label())
+        self.runner.start(probe)
         self.libraries.opened.connect(lambda _lib: self.refresh_library())
         self._open_start_library()
 
@@ -228,7 +231,7 @@ class MainWindow(QMainWindow):
 
     # ----------------------------------------------------------------------------------------- models
     def _update_model_label(self) -> None:
-        device = self.models.device_text or "device chosen on first use"
+        device = self.models.device_text or "…"
         self.model_label.setText(f"Model: {self.models.source} · {device}")
 
     def show_models(self) -> None:

@@ -34,6 +34,17 @@ class ModelService(QObject):
             self._extractor_source = None
         self.changed.emit(source)
 
+    def probe_device(self) -> str:
+        """The device and precision inference will use, without loading a model (call from a worker)."""
+        from engine import device as dev
+
+        d = dev.pick_device(self.device_name)
+        names = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+        text = f"{dev.describe(d)} {names[str(dev.pick_dtype(d))]}"
+        if not self.device_text:
+            self.device_text = text
+        return text
+
     def available_locally(self) -> bool:
         """Whether the model can load without a download (a zoo file in the cache, or a local checkpoint)."""
         from pathlib import Path

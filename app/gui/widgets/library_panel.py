@@ -22,7 +22,6 @@ class LibraryPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("<b>Library</b>"))
         self.libraries = QComboBox()
         self.libraries.setEditable(False)
         self.libraries.activated.connect(lambda i: self.library_selected.emit(self.libraries.itemText(i)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, QSize, Qt, QUrl
-from PySide6.QtGui import QColor, QPixmap
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QWidget
 
 from app.gui.thumbnails import ThumbnailCache
@@ -30,8 +30,16 @@ class ThumbnailModel(QAbstractListModel):
         self.items: list[GridItem] = []
         self._row_of: dict[int, int] = {}
         cache.updated.connect(self._thumbs_arrived)
-        self._placeholder = QPixmap(8, 8)
-        self._placeholder.fill(QColor(60, 60, 66))
+        self.set_placeholder_size(128)
+
+    def set_placeholder_size(self, size: int) -> None:
+        # With uniform item sizes Qt measures the first item only: the placeholder must be as big as a thumbnail.
+        pix = QPixmap(size, size)
+        pix.fill(QColor(0, 0, 0, 0))
+        painter = QPainter(pix)
+        painter.fillRect(0, size // 8, size, size * 3 // 4, QColor(60, 60, 66))  # a 4:3 grey card, centred
+        painter.end()
+        self._placeholder = QIcon(pix)
 
     def set_items(self, items: list[GridItem]) -> None:
         self.beginResetModel()
@@ -47,7 +55,9 @@ class ThumbnailModel(QAbstractListModel):
             return None
         it = self.items[index.row()]
         if role == Qt.ItemDataRole.DecorationRole:
-            return self.cache.get(it.image_id) or self._placeholder
+            # A QIcon is scaled into the icon box keeping its aspect; a bare QPixmap would be cropped.
+            pix = self.cache.get(it.image_id)
+            return QIcon(pix) if pix is not None and not pix.isNull() else self._placeholder
         if role == Qt.ItemDataRole.DisplayRole:
             if it.caption:
                 return it.caption
@@ -96,6 +106,7 @@ class ThumbnailGrid(QListView):
         self.set_icon_size(icon)
 
     def set_icon_size(self, size: int) -> None:
+        self.grid_model().set_placeholder_size(size)
         self.setIconSize(QSize(size, size))
         self.setGridSize(QSize(size + 12, size + 28))
 
