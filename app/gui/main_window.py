@@ -10,7 +10,9 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
+    QFileDialog,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
 from app.gui.library_service import LibraryService
 from app.gui.model_service import ModelService
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.labels_panel import LabelsPanel
 from app.gui.widgets.library_panel import LibraryPanel
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
@@ -78,6 +81,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.search_panel, "Search")
         self.viewer = Viewer(self.models, self.runner)
         self.tabs.addTab(self.viewer, "Photo")
+        self.labels_panel = LabelsPanel(self.models, self.libraries, self.runner, self.thumbs)
+        self.tabs.addTab(self.labels_panel, "Labels")
+        self.labels_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.labels_panel.error.connect(self.error)
         self.grid.doubleClicked.connect(self._open_from_grid)
         self.search_panel.open_photo.connect(self.open_photo)
         self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
@@ -114,6 +121,15 @@ class MainWindow(QMainWindow):
         self.sort_box.addItems(list(SORTS))
         self.sort_box.currentTextChanged.connect(lambda _t: self.refresh_grid())
         bar.addWidget(self.sort_box)
+        bar.addSpacing(16)
+        self.tag_button = QPushButton("Tag…")
+        self.tag_button.setToolTip("Give the selected photos a label")
+        self.tag_button.clicked.connect(self._tag_selected)
+        bar.addWidget(self.tag_button)
+        self.copy_button = QPushButton("Copy to folder…")
+        self.copy_button.setToolTip("Copy the selected photos into a folder (nothing is moved or overwritten)")
+        self.copy_button.clicked.connect(self._copy_selected)
+        bar.addWidget(self.copy_button)
         bar.addStretch(1)
         self.grid_status = QLabel()
         bar.addWidget(self.grid_status)
@@ -219,6 +235,37 @@ class MainWindow(QMainWindow):
         if now - getattr(self, "_last_live_refresh", 0.0) > 2.0:
             self._last_live_refresh = now
             self.refresh_grid()
+
+    def tag(self, image_ids: list[int], name: str) -> int:
+        from engine import labels
+
+        n = labels.tag(self.libraries.library, image_ids, name)
+        self.statusBar().showMessage(f"Tagged {n} photos “{name}”", 8000)
+        return n
+
+    def _tag_selected(self) -> None:
+        from engine import labels
+
+        picked = self.grid.selected_items()
+        if not picked or self.libraries.library is None:
+            self.statusBar().showMessage("Select photos first", 5000)
+            return
+        names = labels.label_names(self.libraries.library)
+        name, ok = QInputDialog.getItem(self, "Tag photos", f"Label for {len(picked)} photos:", names, 0, True)
+        if ok and name.strip():
+            self.tag([it.image_id for it in picked], name)
+
+    def _copy_selected(self) -> None:
+        from engine import labels
+
+        picked = self.grid.selected_items()
+        if not picked:
+            self.statusBar().showMessage("Select photos first", 5000)
+            return
+        dest = QFileDialog.getExistingDirectory(self, f"Copy {len(picked)} photos to")
+        if dest:
+            copied = labels.copy_files([it.path for it in picked], dest)
+            self.statusBar().showMessage(f"Copied {len(copied)} photos to {dest}", 8000)
 
     def show_errors(self) -> None:
         lib = self.libraries.library
