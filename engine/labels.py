@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,22 +163,6 @@ def export(lib, path: str | os.PathLike, image_ids: Iterable[int] | None = None)
         raise ValueError(f"{path.name}: export to .csv or .json")
     os.replace(tmp, path)
     return path
-
-
-def copy_files(paths: Iterable[str | os.PathLike], dest: str | os.PathLike) -> list[Path]:
-    """Copy photos into a folder, never overwriting: a name already there gets " (2)", " (3)"... appended."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in map(Path, paths):
-        target = dest / p.name
-        n = 2
-        while target.exists():
-            target = dest / f"{p.stem} ({n}){p.suffix}"
-            n += 1
-        shutil.copy2(p, target)
-        out.append(target)
-    return out
 
 
 def _paths(lib, ids: list[int]) -> dict[int, str]:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from engine import labels
+from engine.fileops import copy_files, move_files
 from engine.models import DinoVisionTransformer
 from engine.store import Library
 from engine.store.indexer import index_library
@@ -96,8 +97,8 @@ def test_export_csv_and_json_and_copy(library, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"csv or \.json"):
         labels.export(lib, tmp_path / "x.txt")
     paths = [lib.image(i).path for i in cats[:2]]
-    first = labels.copy_files(paths, tmp_path / "out")
-    again = labels.copy_files(paths, tmp_path / "out")  # same names: nothing overwritten
+    first = copy_files(paths, tmp_path / "out")
+    again = copy_files(paths, tmp_path / "out")  # same names: nothing overwritten
     assert len(list((tmp_path / "out").iterdir())) == 4
     assert again[0].name.endswith(" (2).jpg") and first[0].read_bytes() == again[0].read_bytes()
 
@@ -109,3 +110,14 @@ def test_knn_vote_matches_a_hand_computation() -> None:
     p = labels.knn_probabilities(train, y, q, 2, k=2, temperature=0.1)
     w = np.exp(np.array([1.0, 0.8]) / 0.1)
     assert p[0] == pytest.approx([w[0] / w.sum(), w[1] / w.sum()])
+
+
+def test_move_files_never_overwrites(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"1")
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "a.jpg").write_bytes(b"old")
+    [(old, new)] = move_files([src / "a.jpg"], tmp_path / "dest")
+    assert not old.exists() and new.name == "a (2).jpg" and new.read_bytes() == b"1"
+    assert (tmp_path / "dest" / "a.jpg").read_bytes() == b"old"

@@ -25,11 +25,13 @@ from PySide6.QtWidgets import (
 from app.gui.library_service import LibraryService
 from app.gui.model_service import ModelService
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
 from app.gui.widgets.library_panel import LibraryPanel
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
 from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
+from app.gui.widgets.training_panel import TrainingPanel
 from app.gui.widgets.viewer import Viewer
 from app.gui.workers import Task, TaskRunner
 
@@ -85,6 +87,16 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.labels_panel, "Labels")
         self.labels_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.labels_panel.error.connect(self.error)
+        self.duplicates_panel = DuplicatesPanel(self.models, self.libraries, self.runner, self.thumbs)
+        self.tabs.addTab(self.duplicates_panel, "Duplicates")
+        self.duplicates_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.duplicates_panel.error.connect(self.error)
+        self.duplicates_panel.files_moved.connect(lambda _n: self.reindex())
+        self.training_panel = TrainingPanel(self.libraries)
+        self.tabs.addTab(self.training_panel, "Training")
+        self.training_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.training_panel.use_model.connect(self.use_trained_model)
+        self.libraries.opened.connect(lambda _lib: self.training_panel.refresh_sources())
         self.grid.doubleClicked.connect(self._open_from_grid)
         self.search_panel.open_photo.connect(self.open_photo)
         self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
@@ -227,6 +239,20 @@ class MainWindow(QMainWindow):
         return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self.refresh_library(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
+    def reindex(self) -> Task | None:
+        """Index the library's known folders again with the model in use (new, changed, moved, deleted)."""
+        lib = self.libraries.library
+        if lib is None:
+            return None
+        task = self.libraries.index_task([], self.models.source, self.models.device_name)
+        return self.run_task(task, "Updating the library", on_done=lambda _r: self.refresh_library(),
+                             on_progress=lambda *_: self._maybe_refresh_while_indexing())
+
+    def use_trained_model(self, path: str) -> Task | None:
+        """A training run's teacher becomes the app's model; the library is indexed with it."""
+        self.models.set_source(path)
+        return self.reindex()
+
     def _maybe_refresh_while_indexing(self) -> None:
         """The grid fills while indexing runs: refresh at most every two seconds."""
         import time
@@ -256,7 +282,7 @@ class MainWindow(QMainWindow):
             self.tag([it.image_id for it in picked], name)
 
     def _copy_selected(self) -> None:
-        from engine import labels
+        from engine.fileops import copy_files
 
         picked = self.grid.selected_items()
         if not picked:
@@ -264,7 +290,7 @@ class MainWindow(QMainWindow):
             return
         dest = QFileDialog.getExistingDirectory(self, f"Copy {len(picked)} photos to")
         if dest:
-            copied = labels.copy_files([it.path for it in picked], dest)
+            copied = copy_files([it.path for it in picked], dest)
             self.statusBar().showMessage(f"Copied {len(copied)} photos to {dest}", 8000)
 
     def show_errors(self) -> None:

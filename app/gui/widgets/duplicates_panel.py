@@ -1,0 +1,201 @@
+"""Duplicates: groups in tiers (exact copies, near-identical, same scene), compared side by side, keeper marked.
+
+"Move others to a folder" is the only action, and it asks first: nothing leaves its place without confirmation,
+and nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.thumbnails import ThumbnailCache
+from app.gui.workers import Task, TaskCancelled, TaskRunner
+
+
+def _find_task(report, cancelled, library_root: str, model_source: str, near: float, scene: float):
+    from engine import dedup
+    from engine.store import Library
+
+    with Library.open(library_root) as lib:
+        model = lib.model_by_source(model_source)
+        if model is None:
+            raise ValueError(f"this library is not indexed with {model_source} yet")
+        try:
+            groups = dedup.find_duplicates(lib, model.id, near=near, scene=scene,
+                                           progress=lambda d, t: report(d, t, "Comparing photos…"),
+                                           cancel=cancelled)
+        except dedup.Cancelled as e:
+            raise TaskCancelled() from e
+        paths = {r.id: r for r in lib.images(status="ok")}
+    return groups, paths
+
+
+class DuplicatesPanel(QWidget):
+    status = Signal(str)
+    error = Signal(str, str)
+    files_moved = Signal(int)
+
+    def __init__(self, models, libraries, runner: TaskRunner, cache: ThumbnailCache,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.models, self.libraries, self.runner, self.cache = models, libraries, runner, cache
+        self.groups: list = []
+        self.records: dict = {}
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Near-identical ≥"))
+        self.near = QDoubleSpinBox()
+        self.near.setRange(0.5, 1.0)
+        self.near.setSingleStep(0.01)
+        self.near.setDecimals(3)
+        self.near.setValue(0.95)
+        self.near.setToolTip("Cosine similarity for re-encoded, resized or slightly cropped copies")
+        top.addWidget(self.near)
+        top.addWidget(QLabel("Same scene ≥"))
+        self.scene = QDoubleSpinBox()
+        self.scene.setRange(0.3, 1.0)
+        self.scene.setSingleStep(0.01)
+        self.scene.setDecimals(3)
+        self.scene.setValue(0.80)
+        self.scene.setToolTip("Cosine similarity for photos of the same scene (bursts, slight moves)")
+        top.addWidget(self.scene)
+        self.find_button = QPushButton("Find duplicates")
+        self.find_button.clicked.connect(self.find)
+        top.addWidget(self.find_button)
+        top.addStretch(1)
+        self.summary = QLabel()
+        top.addWidget(self.summary)
+
+        self.group_list = QListWidget()
+        self.group_list.currentRowChanged.connect(self.show_group)
+        self.compare = QListWidget()
+        self.compare.setViewMode(QListWidget.ViewMode.IconMode)
+        self.compare.setIconSize(QSize(240, 240))
+        self.compare.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.compare.setWordWrap(True)
+        self.compare.setSelectionMode(QListWidget.SelectionMode.NoSelection)
+        self.move_button = QPushButton("Move others to a folder…")
+        self.move_button.setToolTip("Moves every photo of this group except the keeper (★); asks first")
+        self.move_button.clicked.connect(self._move_clicked)
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(self.compare, 1)
+        rv.addWidget(self.move_button)
+        split = QSplitter()
+        split.addWidget(self.group_list)
+        split.addWidget(right)
+        split.setStretchFactor(1, 3)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(split, 1)
+        cache.updated.connect(lambda _ids: self._refresh_icons())
+
+    def find(self) -> Task | None:
+        lib = self.libraries.library
+        if lib is None:
+            return None
+        task = Task(_find_task, str(lib.root), self.models.source, self.near.value(), self.scene.value(),
+                    name="duplicates")
+        task.signals.finished.connect(self._show)
+        task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot look for duplicates", m))
+        self.status.emit("Looking for duplicates…")
+        return self.runner.start(task)
+
+    def _show(self, result) -> None:
+        from engine.dedup import TIER_NAMES
+
+        self.groups, self.records = result
+        self.group_list.clear()
+        for g in self.groups:
+            keeper = self.records.get(g.keeper_id)
+            name = Path(keeper.path).name if keeper else str(g.keeper_id)
+            self.group_list.addItem(f"{TIER_NAMES[g.tier]} · {len(g.image_ids)} photos · {name}")
+        spare = sum(len(g.image_ids) - 1 for g in self.groups)
+        self.summary.setText(f"{len(self.groups)} groups; {spare} photos beyond the keepers")
+        if self.groups:
+            self.group_list.setCurrentRow(0)
+        else:
+            self.compare.clear()
+
+    def show_group(self, row: int) -> None:
+        self.compare.clear()
+        if not 0 <= row < len(self.groups):
+            return
+        g = self.groups[row]
+        for image_id, score in zip(g.image_ids, g.scores, strict=True):
+            r = self.records.get(image_id)
+            if r is None:
+                continue
+            star = "★ keeper · " if image_id == g.keeper_id else ""
+            taken = r.captured_at.strftime("%Y-%m-%d") if r.captured_at else "no date"
+            item = QListWidgetItem(f"{star}{Path(r.path).name}\n{r.width}×{r.height} · {r.size / 1e6:.1f} MB · "
+                                   f"{taken} · cos {score:.3f}")
+            item.setData(Qt.ItemDataRole.UserRole, image_id)
+            item.setToolTip(r.path)
+            self.compare.addItem(item)
+        self._refresh_icons()
+
+    def _refresh_icons(self) -> None:
+        for i in range(self.compare.count()):
+            item = self.compare.item(i)
+            pix = self.cache.get(item.data(Qt.ItemDataRole.UserRole))
+            if pix is not None and not pix.isNull():
+                item.setIcon(QIcon(pix))
+
+    def others_in_current_group(self) -> list[str]:
+        row = self.group_list.currentRow()
+        if not 0 <= row < len(self.groups):
+            return []
+        g = self.groups[row]
+        return [self.records[i].path for i in g.image_ids if i != g.keeper_id and i in self.records]
+
+    def _move_clicked(self) -> None:
+        others = self.others_in_current_group()
+        if not others:
+            return
+        dest = QFileDialog.getExistingDirectory(self, "Move the duplicates to")
+        if dest:
+            self.move_others(dest, confirm=True)
+
+    def move_others(self, dest: str, confirm: bool = True) -> int:
+        from engine.fileops import move_files
+
+        others = self.others_in_current_group()
+        if not others:
+            return 0
+        if confirm:
+            listing = "\n".join(others[:12]) + ("\n…" if len(others) > 12 else "")
+            answer = QMessageBox.question(
+                self, "Move duplicates",
+                f"Move {len(others)} photos to\n{dest}?\n\n{listing}\n\nThe keeper stays where it is. "
+                "Nothing is deleted.")
+            if answer != QMessageBox.StandardButton.Yes:
+                return 0
+        try:
+            moved = move_files(others, dest)
+        except OSError as e:
+            self.error.emit("Could not move every photo", str(e))
+            return 0
+        self.status.emit(f"Moved {len(moved)} photos to {dest}; re-index the library to update it")
+        row = self.group_list.currentRow()
+        del self.groups[row]
+        self.group_list.takeItem(row)
+        self.files_moved.emit(len(moved))
+        return len(moved)
