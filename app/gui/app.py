@@ -38,7 +38,7 @@ def run_gui(files: list[str] | None = None) -> int:
     app.setOrganizationName("Dinoscope")
     app.setDesktopFileName("dinoscope")
     app.setWindowIcon(QIcon(str(asset_path("icons/dinoscope.png"))))
-    window = MainWindow(log_path=log_path)
+    window = MainWindow(log_path=log_path, open_library_now=False)  # opened right after the first paint
     window.show()
     logging.getLogger(__name__).info("main window shown %.2f s after start", time.perf_counter() - START)
     if files:

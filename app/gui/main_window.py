@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -27,11 +27,11 @@ from app.gui.model_service import ModelService
 from app.gui.thumbnails import ThumbnailCache
 from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
+from app.gui.widgets.lazy_tab import LazyTab
 from app.gui.widgets.library_panel import LibraryPanel
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
 from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
-from app.gui.widgets.training_panel import TrainingPanel
 from app.gui.widgets.viewer import Viewer
 from app.gui.workers import Task, TaskRunner
 
@@ -50,8 +50,9 @@ def settings_for_app() -> QSettings:
 
 class MainWindow(QMainWindow):
     def __init__(self, log_path: Path | None = None, settings: QSettings | None = None,
-                 first_start_sample: bool = True) -> None:
+                 first_start_sample: bool = True, open_library_now: bool = True) -> None:
         super().__init__()
+        self._shown = False  # set at the first paint; event() runs from the first Qt call on
         self.first_start_sample = first_start_sample
         self.setWindowTitle("Dinoscope")
         self.resize(1280, 820)
@@ -92,11 +93,8 @@ class MainWindow(QMainWindow):
         self.duplicates_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.duplicates_panel.error.connect(self.error)
         self.duplicates_panel.files_moved.connect(lambda _n: self.reindex())
-        self.training_panel = TrainingPanel(self.libraries)
-        self.tabs.addTab(self.training_panel, "Training")
-        self.training_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
-        self.training_panel.use_model.connect(self.use_trained_model)
-        self.libraries.opened.connect(lambda _lib: self.training_panel.refresh_sources())
+        self.training_tab = LazyTab(self._make_training_panel)
+        self.tabs.addTab(self.training_tab, "Training")
         self.grid.doubleClicked.connect(self._open_from_grid)
         self.search_panel.open_photo.connect(self.open_photo)
         self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
@@ -117,11 +115,9 @@ class MainWindow(QMainWindow):
         self._update_model_label()
 
         self._make_menu()
-        probe = Task(lambda _r, _c: self.models.probe_device(), name="device")
-        probe.signals.finished.connect(lambda _t: self._update_model_label())
-        self.runner.start(probe)
         self.libraries.opened.connect(lambda _lib: self.refresh_library())
-        self._open_start_library()
+        if open_library_now:
+            self._open_start_library()
 
     # ------------------------------------------------------------------------------------------- layout
     def _make_browse_tab(self) -> QWidget:
@@ -149,6 +145,34 @@ class MainWindow(QMainWindow):
         self.grid = ThumbnailGrid(self.thumbs)
         v.addWidget(self.grid, 1)
         return w
+
+    def _make_training_panel(self) -> QWidget:
+        from app.gui.widgets.training_panel import TrainingPanel
+
+        panel = TrainingPanel(self.libraries)
+        panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        panel.use_model.connect(self.use_trained_model)
+        self.libraries.opened.connect(lambda _lib: panel.refresh_sources())
+        panel.refresh_sources()
+        return panel
+
+    @property
+    def training_panel(self):
+        return self.training_tab.ensure()
+
+    def event(self, event) -> bool:
+        if not self._shown and event.type() == QEvent.Type.Paint:
+            self._shown = True
+            # The window paints first; the library (SQLAlchemy) and the device probe (torch) load right after.
+            QTimer.singleShot(0, self._after_first_show)
+        return super().event(event)
+
+    def _after_first_show(self) -> None:
+        probe = Task(lambda _r, _c: self.models.probe_device(), name="device")
+        probe.signals.finished.connect(lambda _t: self._update_model_label())
+        self.runner.start(probe)
+        if self.libraries.library is None:
+            self._open_start_library()
 
     def _make_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
