@@ -14,7 +14,9 @@ import sys
 # Command name -> module under app.commands. Add a line here to add a command.
 COMMANDS = {
     "embed": "embed",
+    "index": "index",
     "models": "models",
+    "pca": "pca",
 }
 
 EPILOG = """examples:

@@ -1,0 +1,479 @@
+"""UMAP maps of a library: 2-D coordinates where similar photos sit together, k-means clusters, and a picture.
+
+Layout choices (measured in bench/maps.py and shared/ENVIRONMENT.md §5):
+
+* Vectors are L2-normalised first, so distances mean cosine similarity whatever the caller passes.
+* ``pca_dims`` (default 50) pre-reduces them with an exact PCA before UMAP. PCA centres the data, after which
+  cosine is no longer the right measure, so the reduced vectors use the Euclidean metric; for unit vectors that is
+  the chordal distance ``sqrt(2 - 2 cos)``, which the projection preserves up to the discarded variance. Without
+  pre-reduction UMAP runs with ``metric="cosine"`` on the vectors themselves.
+* ``init="pca"``: faster than the spectral default and stable on large inputs.
+* ``random_state=None`` by default: a fixed seed makes umap-learn single-threaded (about 1.4x slower here).
+* The first fit in a process compiles numba code (about 20 s); run it in a worker. Up to 4096 points umap-learn
+  computes exact neighbours, beyond that it uses NN-descent.
+* Fewer than :data:`MIN_UMAP_POINTS` points cannot form a UMAP graph; they get a plain 2-D PCA layout.
+
+**Placing new points.** :func:`place_new` does what ``UMAP.transform`` does after its neighbour search (fuzzy
+membership of each new point to its neighbours, start at their weighted mean, a short optimisation against the
+fixed map, with umap-learn's own functions and defaults), but finds the neighbours by an exact brute-force search
+(faiss) among the fitted vectors instead of umap-learn's NN-descent index. That index can only be stored as a
+pickle (about 4 KB per point), and umap-learn's ``transform`` was the slower of the two in bench/maps.py: 1.8-2.5 s
+for 1k new points against 0.5-1.2 s here, on maps of 10k-100k points (a busy 2-core machine). So a
+:class:`Layout` is plain arrays, and :func:`save_layout` writes an ``.npz`` read back with ``allow_pickle=False``:
+a cached map can be loaded from anywhere safely. The first placement in a process compiles umap-learn's numba
+functions (about 7 s); a process that has fitted a map has compiled them already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.viz.pca import PcaBasis, fit_pca
+
+__all__ = [
+    "MIN_UMAP_POINTS",
+    "Layout",
+    "LayoutCacheError",
+    "fit_layout",
+    "kmeans_clusters",
+    "knn_agreement",
+    "load_layout",
+    "place_new",
+    "render_map",
+    "save_layout",
+    "should_refit",
+]
+
+MIN_UMAP_POINTS = 4
+CACHE_NAME = "layout.npz"
+_CACHE_FORMAT = 1
+
+# 20 well-separated colours (Tableau 20 order) for cluster labels on a dark background.
+PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+    (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150),
+    (197, 176, 213), (196, 156, 148), (247, 182, 210), (219, 219, 141), (158, 218, 229), (127, 127, 127),
+    (199, 199, 199),
+], dtype=np.uint8)
+
+
+class LayoutCacheError(RuntimeError):
+    """A cached layout is missing, unreadable or written by an incompatible version; fit a new one."""
+
+
+@dataclass
+class Layout:
+    """A fitted map: the coordinates of the fitted points and what places new points on the same map."""
+
+    coords: np.ndarray  # (N, 2) float32
+    reference: np.ndarray  # (N, d) float32: the fitted vectors as UMAP saw them (unit length, PCA-reduced if pca)
+    pca: PcaBasis | None  # the pre-reduction; for method "pca", the 2-D layout itself
+    metric: str  # "euclidean" (after PCA) or "cosine"
+    method: str = "umap"  # "umap", or "pca" for inputs too small for UMAP
+    params: dict = field(default_factory=dict)  # fit settings and the UMAP constants placement needs
+    reducer: object | None = field(default=None, repr=False, compare=False)  # see fit_layout(keep_reducer=True)
+
+    @property
+    def n_fit(self) -> int:
+        return len(self.coords)
+
+
+def _prepare(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"expected an (N, D) array of vectors, got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"vectors are {x.shape[1]}-d but the map was fitted on {dim}-d vectors")
+    if not np.isfinite(x).all():
+        raise ValueError("vectors hold NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(np.divide(x, norms, out=np.zeros_like(x), where=norms > 0))
+
+
+def fit_layout(
+    vectors: np.ndarray,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    pca_dims: int | None = 50,
+    random_state: int | None = None,
+    n_epochs: int | None = None,
+    keep_reducer: bool = False,
+) -> Layout:
+    """2-D coordinates for ``vectors`` (N, D); see the module notes for the choices made.
+
+    ``keep_reducer`` keeps the fitted ``umap.UMAP`` on the layout (for comparisons with its own ``transform``); it
+    holds the NN-descent index, hundreds of MB at 100k points, so it is off by default and never saved.
+    """
+    x = _prepare(vectors)
+    n, d = x.shape
+    params = {"n_neighbors": n_neighbors, "min_dist": min_dist, "pca_dims": pca_dims, "random_state": random_state,
+              "n_epochs": n_epochs, "dim": d}
+    if n < MIN_UMAP_POINTS:
+        basis = fit_pca(x, 2) if n else None
+        coords = basis.project(x) if basis is not None else np.zeros((0, 2), np.float32)
+        return Layout(coords.astype(np.float32), np.zeros((0, d), np.float32), basis, "euclidean", "pca", params)
+    if n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be at least 2, got {n_neighbors}")
+
+    import umap
+
+    pca = None
+    if pca_dims is not None and d > pca_dims:
+        pca = fit_pca(x, pca_dims)
+        x = np.ascontiguousarray(pca.project(x))
+    metric = "euclidean" if pca is not None else "cosine"
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, n - 1), min_dist=min_dist, metric=metric, init="pca",
+                        random_state=random_state, n_epochs=n_epochs)
+    with _quiet():
+        coords = np.asarray(reducer.fit_transform(x), np.float32)
+    params.update(k=int(reducer._n_neighbors), a=float(reducer._a), b=float(reducer._b),
+                  local_connectivity=float(reducer.local_connectivity),
+                  repulsion_strength=float(reducer.repulsion_strength),
+                  learning_rate=float(reducer.learning_rate),
+                  negative_sample_rate=float(reducer.negative_sample_rate),
+                  transform_seed=int(reducer.transform_seed))
+    return Layout(coords, x, pca, metric, "umap", params, reducer=reducer if keep_reducer else None)
+
+
+def place_new(layout: Layout, vectors: np.ndarray) -> np.ndarray:
+    """Coordinates of new points on an existing map, without moving the fitted ones (see the module notes)."""
+    x = _prepare(vectors, layout.params.get("dim"))
+    if len(x) == 0:
+        return np.zeros((0, 2), np.float32)
+    if layout.method == "pca":
+        if layout.pca is None:
+            raise ValueError("this map has no points; fit a new one")
+        return layout.pca.project(x).astype(np.float32)
+    if layout.pca is not None:
+        x = np.ascontiguousarray(layout.pca.project(x))
+    p = layout.params
+    k = min(int(p["k"]), len(layout.reference))
+    indices, dists = _exact_neighbours(layout.reference, x, k, layout.metric)
+    return _embed_new(layout.coords, indices, dists, p, disconnect=2.0 if layout.metric == "cosine" else np.inf)
+
+
+def _exact_neighbours(reference: np.ndarray, queries: np.ndarray, k: int, metric: str):
+    """(indices int32, distances float32) of the k nearest reference rows, in umap-learn's distance units."""
+    import faiss
+
+    index = faiss.IndexFlatIP(reference.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(reference.shape[1])
+    index.add(reference)
+    with _faiss_blas():
+        scores, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    dists = 1.0 - scores if metric == "cosine" else np.sqrt(np.maximum(scores, 0.0))
+    return indices.astype(np.int32), np.maximum(dists, 0.0).astype(np.float32)
+
+
+def _embed_new(coords: np.ndarray, indices: np.ndarray, dists: np.ndarray, p: dict, disconnect: float):
+    """UMAP.transform's steps after the neighbour search (umap-learn 0.5), with its own numba functions.
+
+    The optimisation runs single-threaded, as umap-learn's does under a fixed seed: placements are reproducible,
+    and 1k points are too little work per epoch for threads to pay off (on a busy 2-core machine they cost 2x).
+    """
+    import scipy.sparse
+    from umap.layouts import optimize_layout_euclidean
+    from umap.umap_ import (
+        compute_membership_strengths,
+        init_graph_transform,
+        make_epochs_per_sample,
+        smooth_knn_dist,
+    )
+
+    n_new, k = indices.shape
+    nearest = indices[:, 0].copy()
+    indices = indices.copy()
+    indices[dists >= disconnect] = -1
+    sigmas, rhos = smooth_knn_dist(dists, float(k), local_connectivity=max(0.0, p["local_connectivity"] - 1.0))
+    rows, cols, vals, _ = compute_membership_strengths(indices, dists, sigmas, rhos, bipartite=True)
+    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(n_new, len(coords)))
+    csr = graph.tocsr()
+    csr.eliminate_zeros()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a point without neighbours becomes NaN; fixed below
+        start = init_graph_transform(csr, coords)
+    n_epochs = 100 if n_new <= 10000 else 30
+    if p.get("n_epochs") is not None:
+        n_epochs = max(1, int(p["n_epochs"] // 3))
+    if graph.data.size:
+        graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
+        graph.eliminate_zeros()
+    epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
+    rng_state = np.random.RandomState(p["transform_seed"]).randint(
+        np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1, 3).astype(np.int64)
+    lonely = ~np.isfinite(start).all(axis=1)  # no neighbour within reach: start on the nearest fitted point
+    start[lonely] = coords[nearest[lonely]]
+    placed = optimize_layout_euclidean(
+        np.ascontiguousarray(start, np.float32), coords.astype(np.float32, copy=True), graph.row, graph.col,
+        n_epochs, len(coords), epochs_per_sample, p["a"], p["b"], rng_state, p["repulsion_strength"],
+        p["learning_rate"] / 4.0, p["negative_sample_rate"], False)
+    return np.asarray(placed, np.float32)
+
+
+def should_refit(n_old: int, n_new: int, share: float = 0.2) -> bool:
+    """True when new points make up more than ``share`` of the library: placing them would bend the map too much."""
+    if n_old < 0 or n_new < 0:
+        raise ValueError("counts cannot be negative")
+    if n_new == 0:
+        return False
+    return n_old < MIN_UMAP_POINTS or n_new / (n_old + n_new) > share
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Hide umap-learn's advice about n_jobs and disconnected vertices; we choose those settings on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")
+        warnings.filterwarnings("ignore", message=".*disconnected.*")
+        warnings.filterwarnings("ignore", message=".*n_neighbors is larger than the dataset.*")
+        yield
+
+
+@contextlib.contextmanager
+def _faiss_blas():
+    """faiss takes its BLAS path only for batches above this many queries (128000 by default in 1.15, 5-7x slower
+    for batched search; ENVIRONMENT.md §4). Lowered for the duration of one call, as it is a process-wide setting."""
+    import faiss
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+
+
+# ------------------------------------------------------------------------------------------------ quality, clusters
+def knn_agreement(coords: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Mean share of each point's ``k`` nearest 2-D neighbours that carry its label (1.0: clusters kept whole)."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(coords, dtype=np.float64)
+    lab = np.asarray(labels)
+    if pts.ndim != 2 or len(pts) != len(lab):
+        raise ValueError(f"{len(pts)} coordinates but {len(lab)} labels")
+    if len(pts) < 2:
+        raise ValueError("k-NN agreement needs at least 2 points")
+    k = min(k, len(pts) - 1)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    _, idx = cKDTree(pts).query(pts, k=k + 1)
+    own = np.arange(len(pts))[:, None]
+    # Drop each point itself (not simply the first column: duplicates of a point may come before it).
+    not_self = idx != own
+    first_k = np.cumsum(not_self, axis=1) <= k
+    keep = not_self & first_k
+    same = (lab[idx] == lab[:, None]) & keep
+    return float(same.sum() / keep.sum())
+
+
+def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0) -> np.ndarray:
+    """Spherical k-means (cosine) cluster of each vector, ``(N,)`` int64 in ``[0, k)``; k is capped at N.
+
+    FAISS iterates from greedy k-means++ seeds: with its default random seeds, 20 well-separated groups of 30
+    unit vectors were recovered in 0 of 20 runs (5 groups: 5 of 20), with these seeds in every run tested.
+    """
+    import faiss
+
+    x = _prepare(vectors)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if len(x) == 0:
+        return np.zeros(0, np.int64)
+    k = min(k, len(x))
+    if k == 1:
+        return np.zeros(len(x), np.int64)
+    rng = np.random.default_rng(seed)
+    seeds = _kmeans_pp(x if len(x) <= 50_000 else x[rng.choice(len(x), 50_000, replace=False)], k, rng)
+    # faiss trains on a sample of at most 256 points per centroid; enough for a map's colours.
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False)
+    with _faiss_blas():
+        km.train(x, init_centroids=seeds)
+        _, assign = km.index.search(x, 1)
+    return assign[:, 0].astype(np.int64)
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ on unit vectors: each next seed is the best of a few candidates drawn by squared distance."""
+    n = len(x)
+    seeds = np.empty((k, x.shape[1]), np.float32)
+    first = int(rng.integers(n))
+    seeds[0] = x[first]
+    closest = np.maximum(2.0 - 2.0 * (x @ x[first]).astype(np.float64), 0.0)  # squared distance, unit vectors
+    tries = 2 + int(np.log(k))
+    for c in range(1, k):
+        total = closest.sum()
+        if total <= 0.0:  # every point sits on a seed already (duplicates): any point will do
+            seeds[c] = x[int(rng.integers(n))]
+            continue
+        candidates = rng.choice(n, size=tries, p=closest / total)
+        dists = np.maximum(2.0 - 2.0 * (x @ x[candidates].T).astype(np.float64), 0.0)
+        best = int(np.argmin(np.minimum(closest[:, None], dists).sum(axis=0)))
+        seeds[c] = x[candidates[best]]
+        closest = np.minimum(closest, dists[:, best])
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------------------- persistence
+def save_layout(layout: Layout, folder: str | os.PathLike) -> Path:
+    """Write the layout to ``folder/layout.npz`` atomically (temp file, fsync, rename); plain arrays, no pickle."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CACHE_NAME
+    meta = {"format": _CACHE_FORMAT, "metric": layout.metric, "method": layout.method, "params": layout.params}
+    arrays = {"coords": layout.coords, "reference": layout.reference, "meta": np.array(json.dumps(meta))}
+    if layout.pca is not None:
+        arrays.update(pca_mean=layout.pca.mean, pca_axes=layout.pca.axes, pca_variance=layout.pca.variance)
+    tmp = folder / f".{CACHE_NAME}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_layout(folder: str | os.PathLike) -> Layout:
+    """Read a layout written by :func:`save_layout`; :class:`LayoutCacheError` says why one cannot be used."""
+    path = Path(folder) / CACHE_NAME
+    if not path.is_file():
+        raise LayoutCacheError(f"no cached map in {path.parent}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            coords, reference = z["coords"], z["reference"]
+            pca = PcaBasis(z["pca_mean"], z["pca_axes"], z["pca_variance"]) if "pca_axes" in z.files else None
+    except Exception as e:  # truncated or foreign bytes: a cache is disposable, so say so and let the caller refit
+        raise LayoutCacheError(f"the cached map {path} is unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != _CACHE_FORMAT:
+        raise LayoutCacheError(f"the cached map {path} has an unknown format")
+    if coords.ndim != 2 or coords.shape[1] != 2 or (meta["method"] == "umap" and len(reference) != len(coords)):
+        raise LayoutCacheError(f"the cached map {path} is inconsistent")
+    return Layout(coords.astype(np.float32), reference.astype(np.float32), pca, meta["metric"], meta["method"],
+                  meta["params"])
+
+
+# ------------------------------------------------------------------------------------------------------- picture
+def render_map(
+    coords: np.ndarray,
+    thumbnails: Sequence[np.ndarray | None] | Callable[[int], np.ndarray | None] | None = None,
+    labels: np.ndarray | None = None,
+    colors: np.ndarray | None = None,
+    size: tuple[int, int] = (1600, 1200),
+    sample: int = 300,
+    thumb: int = 48,
+    seed: int = 0,
+) -> np.ndarray:
+    """A picture of the map, ``uint8`` RGB of ``size`` (width, height): every point as a dot, plus thumbnails.
+
+    Dots take ``colors`` ((N, 3) uint8), else a palette colour per label, else light grey. Up to ``sample``
+    thumbnails are drawn at their points, at most one per ``thumb``-sized cell of the canvas so they spread over the
+    whole map instead of piling up in dense clusters. ``thumbnails`` is a list aligned with ``coords`` or a callable
+    ``index -> RGB array``; it is asked only for the sampled points (so a caller can decode just those), and an
+    entry of None is skipped.
+    """
+    import cv2
+
+    width, height = size
+    if width < 16 or height < 16:
+        raise ValueError(f"the picture must be at least 16x16, got {width}x{height}")
+    pts = np.asarray(coords, dtype=np.float64)
+    if pts.ndim != 2 or (len(pts) and pts.shape[1] != 2):
+        raise ValueError(f"expected (N, 2) coordinates, got shape {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError("coordinates hold NaN or infinite values")
+    n = len(pts)
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = (24, 24, 28)
+    if n == 0:
+        return canvas
+    dot_colours = _dot_colours(n, labels, colors)
+    thumb = max(4, min(thumb, width // 2, height // 2))
+    xy = _to_pixels(pts, width, height, margin=thumb // 2 + 4)
+
+    radius = 2 if n < 20000 else 1
+    for dy in range(-radius + 1, radius):
+        for dx in range(-radius + 1, radius):
+            ys = np.clip(xy[:, 1] + dy, 0, height - 1)
+            xs = np.clip(xy[:, 0] + dx, 0, width - 1)
+            canvas[ys, xs] = dot_colours
+
+    if thumbnails is None or sample <= 0:
+        return canvas
+    get = thumbnails if callable(thumbnails) else (lambda i: thumbnails[i])
+    if not callable(thumbnails) and len(thumbnails) != n:
+        raise ValueError(f"{len(thumbnails)} thumbnails for {n} points")
+    for i in _spread_sample(xy, thumb, sample, seed):
+        img = get(int(i))
+        if img is None:
+            continue
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) == 0:
+            raise ValueError(f"thumbnail {i} is not an HxWx3 uint8 RGB array")
+        scale = (thumb - 2) / max(img.shape[:2])
+        tw, th = max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))
+        small = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        framed = np.empty((th + 2, tw + 2, 3), np.uint8)
+        framed[:] = dot_colours[i]
+        framed[1:-1, 1:-1] = small
+        _paste(canvas, framed, int(xy[i, 0]), int(xy[i, 1]))
+    return canvas
+
+
+def _dot_colours(n: int, labels: np.ndarray | None, colors: np.ndarray | None) -> np.ndarray:
+    if colors is not None:
+        c = np.asarray(colors)
+        if c.shape != (n, 3):
+            raise ValueError(f"colors must be ({n}, 3), got {c.shape}")
+        return c.astype(np.uint8)
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.shape != (n,):
+            raise ValueError(f"labels must be ({n},), got {lab.shape}")
+        _, codes = np.unique(lab, return_inverse=True)
+        return PALETTE[codes % len(PALETTE)]
+    return np.full((n, 3), 200, np.uint8)
+
+
+def _to_pixels(pts: np.ndarray, width: int, height: int, margin: int) -> np.ndarray:
+    """Fit the points into the canvas with one scale for both axes (a map must not be stretched)."""
+    low, high = pts.min(axis=0), pts.max(axis=0)
+    span = high - low
+    room = np.array([width - 1 - 2 * margin, height - 1 - 2 * margin], np.float64).clip(min=1)
+    scale = float(np.min(room / np.where(span > 0, span, np.inf))) if (span > 0).any() else 0.0
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    xy = centre + (pts - (low + high) / 2) * scale
+    xy[:, 1] = height - 1 - xy[:, 1]  # y grows upward on a map, downward in an image
+    return np.rint(xy).astype(np.intp)
+
+
+def _spread_sample(xy: np.ndarray, cell: int, sample: int, seed: int) -> np.ndarray:
+    """At most one random point per ``cell``-sized square, then at most ``sample`` of those squares at random."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(xy))
+    keys = (xy[order, 1] // cell) * (1 << 20) + xy[order, 0] // cell
+    _, first = np.unique(keys, return_index=True)
+    chosen = order[first]
+    if len(chosen) > sample:
+        chosen = rng.choice(chosen, size=sample, replace=False)
+    return np.sort(chosen)
+
+
+def _paste(canvas: np.ndarray, tile: np.ndarray, cx: int, cy: int) -> None:
+    """Draw ``tile`` centred on (cx, cy), clipped at the canvas edges."""
+    th, tw = tile.shape[:2]
+    top, left = cy - th // 2, cx - tw // 2
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + th, canvas.shape[0]), min(left + tw, canvas.shape[1])
+    if y1 > y0 and x1 > x0:
+        canvas[y0:y1, x0:x1] = tile[y0 - top : y1 - top, x0 - left : x1 - left]
