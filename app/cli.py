@@ -16,6 +16,7 @@ COMMANDS = {
     "embed": "embed",
     "index": "index",
     "models": "models",
+    "map": "map",
     "pca": "pca",
 }
 

@@ -93,6 +93,8 @@ class MainWindow(QMainWindow):
         self.duplicates_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.duplicates_panel.error.connect(self.error)
         self.duplicates_panel.files_moved.connect(lambda _n: self.reindex())
+        self.map_tab = LazyTab(self._make_map_panel)
+        self.tabs.addTab(self.map_tab, "Map")
         self.training_tab = LazyTab(self._make_training_panel)
         self.tabs.addTab(self.training_tab, "Training")
         self.grid.doubleClicked.connect(self._open_from_grid)
@@ -145,6 +147,22 @@ class MainWindow(QMainWindow):
         self.grid = ThumbnailGrid(self.thumbs)
         v.addWidget(self.grid, 1)
         return w
+
+    def _make_map_panel(self) -> QWidget:
+        from app.gui.widgets.map_panel import MapPanel
+
+        panel = MapPanel(self.models, self.libraries, self.runner, self.thumbs)
+        panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        panel.error.connect(self.error)
+        panel.open_photo.connect(lambda i: self.open_photo(self.libraries.library.image(i).path))
+        self.libraries.opened.connect(lambda _lib: panel.load())
+        self.search_panel.results_changed.connect(panel.show_search)
+        panel.load()
+        return panel
+
+    @property
+    def map_panel(self):
+        return self.map_tab.ensure()
 
     def _make_training_panel(self) -> QWidget:
         from app.gui.widgets.training_panel import TrainingPanel

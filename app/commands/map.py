@@ -1,0 +1,65 @@
+"""`python -m app map`: the library's UMAP map (computed once, stored, updated with new photos) as a picture."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("map", help="draw the library's map of photos (UMAP), computing or updating it first")
+    p.add_argument("--library", default="default", help="library name or folder (default: %(default)s)")
+    p.add_argument("--model", default=None, help="which of the library's models (default: the most recent)")
+    p.add_argument("--out", required=True, type=Path, help="PNG to write")
+    p.add_argument("--refit", action="store_true", help="fit the whole map again instead of placing new photos")
+    p.add_argument("--size", default="1600x1200", help="picture size WIDTHxHEIGHT (default %(default)s)")
+    p.add_argument("--thumbnails", type=int, default=300, help="how many thumbnails to draw (default %(default)s)")
+
+
+def pick_model(lib, source: str | None):
+    models = lib.models()
+    if not models:
+        return None, f"library '{lib.name}' has no indexed photos yet; run `python -m app index FOLDER` first"
+    if source is None:
+        return max(models, key=lambda m: m.created_at), None
+    m = lib.model_by_source(source)
+    if m is None:
+        known = ", ".join(x.source for x in models)
+        return None, f"library '{lib.name}' is not indexed with {source}; it has: {known}"
+    return m, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from engine.store import Library, StoreError
+    from engine.viz.library_map import render_library_map, update_map
+
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(f"error: --size must look like 1600x1200, not {args.size!r}", file=sys.stderr)
+        return 2
+    try:
+        lib = Library.open(args.library, create=False)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with lib:
+        model, problem = pick_model(lib, args.model)
+        if model is None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        m = update_map(lib, model.id, refit=args.refit, progress=lambda msg: print(msg, file=sys.stderr))
+        if len(m.ids) == 0:
+            print("error: no photos with vectors to map", file=sys.stderr)
+            return 2
+        picture = render_library_map(lib, model.id, size=(w, h), sample=args.thumbnails)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp.png")
+    Image.fromarray(picture).save(tmp)
+    tmp.replace(args.out)
+    how = "fitted" if m.refitted else (f"{m.placed} placed" if m.placed else "up to date")
+    print(f"wrote {args.out}: {len(m.ids)} photos, {len(set(m.clusters.tolist()))} clusters ({how})")
+    return 0
