@@ -74,6 +74,7 @@ def _search_task(report, cancelled, models, library_name: str, queries: list[Que
 
 class SearchPanel(QWidget):
     open_photo = Signal(str, list)  # path, the result paths as context
+    results_changed = Signal(list, list)  # query image ids (those in the library), result image ids
     status = Signal(str)
     error = Signal(str, str)
 
@@ -203,6 +204,10 @@ class SearchPanel(QWidget):
     def _show_results(self, result) -> None:
         results, problems = result
         self.results = results
+        lib = self.libraries.library
+        in_library = [r.id for q in self.queries if q.path and lib is not None
+                      for r in [lib.image_by_path(q.path)] if r is not None]
+        self.results_changed.emit(in_library, [r.image_id for r in results])
         self.grid.grid_model().set_items(
             [GridItem(r.image_id, r.path, score=r.score, caption=f"#{r.rank}  {r.score:.3f}") for r in results])
         msg = f"{len(results)} results for {len(self.queries)} quer{'y' if len(self.queries) == 1 else 'ies'}"
