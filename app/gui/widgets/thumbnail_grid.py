@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, QSize, Qt, QUrl
+from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QUrl
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
-from PySide6.QtWidgets import QAbstractItemView, QListView, QWidget
+from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate, QWidget
 
 from app.gui.thumbnails import ThumbnailCache
 
@@ -90,6 +90,36 @@ class ThumbnailModel(QAbstractListModel):
             self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)), [Qt.ItemDataRole.DecorationRole])
 
 
+class ThumbnailDelegate(QStyledItemDelegate):
+    """A fixed square for the picture (fitted, centred) and a fixed strip for the caption, whatever the aspect."""
+
+    def __init__(self, size: int, parent=None) -> None:
+        super().__init__(parent)
+        self.size = size
+
+    def sizeHint(self, option, index) -> QSize:
+        return QSize(self.size + 8, self.size + 26)
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        r = option.rect
+        painter.save()
+        if option.state & QStyle.StateFlag.State_Selected:
+            painter.fillRect(r, option.palette.highlight())
+        box = QRect(r.x() + 4, r.y() + 4, self.size, self.size)
+        icon = index.data(Qt.ItemDataRole.DecorationRole)
+        if isinstance(icon, QIcon):
+            icon.paint(painter, box, Qt.AlignmentFlag.AlignCenter)
+        text = index.data(Qt.ItemDataRole.DisplayRole)
+        if text:
+            strip = QRect(r.x() + 2, box.bottom() + 3, r.width() - 4, 18)
+            colour = option.palette.highlightedText() if option.state & QStyle.StateFlag.State_Selected \
+                else option.palette.text()
+            painter.setPen(colour.color())
+            elided = option.fontMetrics.elidedText(str(text), Qt.TextElideMode.ElideRight, strip.width())
+            painter.drawText(strip, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter, elided)
+        painter.restore()
+
+
 class ThumbnailGrid(QListView):
     def __init__(self, cache: ThumbnailCache, icon: int = 128, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -107,8 +137,9 @@ class ThumbnailGrid(QListView):
 
     def set_icon_size(self, size: int) -> None:
         self.grid_model().set_placeholder_size(size)
+        self.setItemDelegate(ThumbnailDelegate(size, self))
         self.setIconSize(QSize(size, size))
-        self.setGridSize(QSize(size + 12, size + 28))
+        self.setGridSize(QSize(size + 12, size + 30))
 
     def grid_model(self) -> ThumbnailModel:
         return self.model()  # type: ignore[return-value]
