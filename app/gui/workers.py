@@ -32,6 +32,10 @@ class Task(QRunnable):
         self.signals = TaskSignals()
         self._cancel = threading.Event()
         self.setAutoDelete(False)  # we keep a reference; Qt must not delete it under us
+        # Set before the matching signal is emitted: a caller that connects late can still see how it ended.
+        self.outcome: str | None = None  # "finished" | "failed" | "cancelled"
+        self.result: Any = None
+        self.error: str | None = None
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -46,16 +50,20 @@ class Task(QRunnable):
         try:
             result = self.fn(report, self.is_cancelled, *self.args, **self.kwargs)
         except TaskCancelled:
+            self.outcome = "cancelled"
             self.signals.cancelled.emit()
             return
         except Exception as e:  # shown to the user; the traceback goes to the log file
             tb = traceback.format_exc()
             log.error("task %s failed: %s\n%s", self.name, e, tb)
-            self.signals.failed.emit(str(e) or type(e).__name__, tb)
+            self.error, self.outcome = str(e) or type(e).__name__, "failed"
+            self.signals.failed.emit(self.error, tb)
             return
         if self.is_cancelled():
+            self.outcome = "cancelled"
             self.signals.cancelled.emit()
         else:
+            self.result, self.outcome = result, "finished"
             self.signals.finished.emit(result)
 
 

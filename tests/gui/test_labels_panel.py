@@ -40,8 +40,9 @@ def test_tag_suggest_accept(qtbot, tmp_path: Path, skimage_data_dir: Path) -> No
     win.tag([ids["coffee_0"], ids["coffee_1"]], "coffee")
     panel = win.labels_panel
     task = panel.suggest()
-    with qtbot.waitSignal(task.signals.finished, timeout=30000):
-        pass
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=30000)
+    assert task.outcome == "finished", task.error
+    qtbot.waitUntil(lambda: panel.grid.grid_model().rowCount() == 4, timeout=5000)
     got = {Path(s.path).stem: s.label for s in panel.suggestions}
     assert got == {"cat_2": "cat", "cat_3": "cat", "coffee_2": "coffee", "coffee_3": "coffee"}
     assert panel.grid.grid_model().rowCount() == 4

@@ -62,7 +62,8 @@ def test_opens_an_indexed_library_and_shows_its_photos(qtbot, tmp_path, checkpoi
     # Thumbnails arrive from the store in a worker and replace the placeholders.
     for row in range(5):
         model.data(model.index(row), 1)
-    qtbot.waitUntil(lambda: all(win.thumbs._pixmaps.get(it.image_id) is not None for it in model.items), timeout=10000)
+    arrived = lambda: all(win.thumbs._pixmaps.get(it.image_id) is not None for it in model.items)
+    qtbot.waitUntil(arrived, timeout=10000)
     assert not win.thumbs._pixmaps[model.items[0].image_id].isNull()
     win.sort_box.setCurrentText("Date added")
     assert model.rowCount() == 5
@@ -73,9 +74,9 @@ def test_add_folder_indexes_in_the_background_with_progress(qtbot, tmp_path, che
     assert win.grid.grid_model().rowCount() == 0
     task = win.add_folder(str(photos))
     assert win.task_bar.isVisible()
-    with qtbot.waitSignal(task.signals.finished, timeout=60000) as done:
-        pass
-    report = done.args[0]
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
+    assert task.outcome == "finished", task.error
+    report = task.result
     assert report.new == 6 and report.failed == 1
     qtbot.waitUntil(lambda: win.grid.grid_model().rowCount() == 5, timeout=5000)
     assert not win.task_bar.isVisible()

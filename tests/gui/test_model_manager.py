@@ -28,15 +28,16 @@ def test_download_shows_progress_then_offers_use(qtbot, zoo_mirror: Path) -> Non
     qtbot.addWidget(dlg)
     row = list(zoo.ZOO).index("dinov2_vitb14")
     assert dlg.table.item(row, 3).text() == "not downloaded"
-    seen: list[tuple[int, int]] = []
     task = dlg.start_download("dinov2_vitb14")
-    task.signals.progress.connect(lambda d, t, _x: seen.append((d, t)))
-    assert isinstance(dlg.table.cellWidget(row, 3), QProgressBar)
-    with qtbot.waitSignal(task.signals.finished, timeout=20000):
-        pass
-    assert seen and seen[-1] == (size, size)
+    bar = dlg.table.cellWidget(row, 3)
+    assert isinstance(bar, QProgressBar)
+    maxima: list[int] = []
+    bar.valueChanged.connect(lambda _v: maxima.append(bar.maximum()))
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=20000)
+    assert task.outcome == "finished"
     assert zoo.status("dinov2_vitb14") == "downloaded"
-    assert dlg.table.item(row, 3).text() == "downloaded"
+    qtbot.waitUntil(lambda: dlg.table.item(row, 3).text() == "downloaded", timeout=5000)
+    assert maxima and maxima[-1] == size  # the bar tracked the real byte count
     button = dlg.table.cellWidget(row, 4)
     assert isinstance(button, QPushButton) and button.text() == "Use"
     with qtbot.waitSignal(dlg.model_chosen) as chosen:
@@ -60,8 +61,8 @@ def test_load_checkpoint_validates_strictly(qtbot, tmp_path: Path, monkeypatch) 
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     task = dlg.load_checkpoint(str(bad))
-    with qtbot.waitSignal(task.signals.failed, timeout=10000):
-        pass
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=10000)
+    assert task.outcome == "failed" and "bad.pth" in task.error
     qtbot.waitUntil(lambda: bool(warnings))
     assert "bad.pth" in warnings[0]
     runner.wait()
