@@ -13,11 +13,15 @@ import sys
 
 # Command name -> module under app.commands. Add a line here to add a command.
 COMMANDS = {
+    "curate": "curate",
     "embed": "embed",
     "index": "index",
     "models": "models",
     "map": "map",
     "pca": "pca",
+    "search": "search",
+    "dedup": "dedup",
+    "cluster": "cluster",
 }
 
 EPILOG = """examples:

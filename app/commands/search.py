@@ -1,0 +1,209 @@
+"""`python -m app search`: the library photos most like one or several images, or like a box drawn on one.
+
+Query files that are themselves in the library (unchanged since indexing) use their stored vectors and are left
+out of the results; other files are embedded with the library's model, so the model is loaded only when needed.
+Exit codes: 0 ok; 1 some query files could not be read (the others were used); 2 nothing searched (no readable
+query, bad arguments, no such library or model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.progress import ProgressBar
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find the library photos most like some images (or a region of one)",
+                       description="Search a library by one or several images (their mean), or by a box on one "
+                                   "image with --region. Prints rank, cosine score and path.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files (need not be in the library)")
+    p.add_argument("--k", type=int, default=20, help="number of results (default: %(default)s)")
+    p.add_argument("--library", default="default", help="library name or folder (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="the model whose vectors to search, as given to `index --model` (default: the library's "
+                        "most recent model)")
+    p.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
+                   help="search by this box of the (single) query image, in its pixels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (for embedding the queries)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {rank, score, path, image_id, box}")
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ValueError(f"--region wants four numbers X0,Y0,X1,Y1, got {text!r}")
+    try:
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--region wants four numbers X0,Y0,X1,Y1, got {text!r}") from None
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"--region {text}: X1 must exceed X0 and Y1 must exceed Y0")
+    return x0, y0, x1, y1
+
+
+def _library_query(lib, model_id: int, path: Path) -> int | None:
+    """The image id when `path` is a library photo whose file is unchanged since it was indexed."""
+    rec = lib.image_by_path(path)
+    if rec is None or rec.status != "ok":
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
+        return None
+    from engine.search import stored_vectors
+
+    try:
+        stored_vectors(lib, model_id, [rec.id])
+    except KeyError:
+        return None
+    return rec.id
+
+
+def load_model(record, source: str | None, device: str):
+    """The backbone the library was indexed with, checked by its weights hash; an Extractor around it."""
+    from engine.extract import Extractor
+    from engine.models import load_backbone
+    from engine.store.indexer import model_hash
+
+    given = source or record.source
+    bar = ProgressBar(f"loading {given}", unit="B")
+    model = load_backbone(given, progress=lambda d, t: bar.update(d, t))
+    if model_hash(model) != record.checkpoint_hash:
+        raise ValueError(f"the weights of {given} are not the ones library vectors of model '{record.name}' were "
+                         "computed with (the file changed?); index the library again with it")
+    return Extractor(model, device=device)
+
+
+def _print(results, as_json: bool) -> None:
+    if as_json:
+        rows = []
+        for r in results:
+            row = {"rank": r.rank, "score": round(r.score, 6), "path": r.path, "image_id": r.image_id}
+            if r.box is not None:
+                row["box"] = [round(v, 1) for v in r.box]
+            rows.append(row)
+        print(json.dumps(rows, indent=1))
+        return
+    with_box = any(r.box is not None for r in results)
+    print(f"{'rank':>4}  {'score':>6}  " + ("box                       " if with_box else "") + "path")
+    for r in results:
+        box = ""
+        if with_box:
+            box = f"{','.join(f'{v:.0f}' for v in r.box):<24}  " if r.box is not None else " " * 26
+        print(f"{r.rank:>4}  {r.score:6.3f}  {box}{r.path}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.imageio import ImageDecodeError
+    from engine.store import Library, StoreError
+
+    if args.k < 1:
+        print("error: --k must be at least 1", file=sys.stderr)
+        return 2
+    box = None
+    if args.region is not None:
+        try:
+            box = parse_box(args.region)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if len(args.images) != 1:
+            print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
+            return 2
+    try:
+        lib = Library.open(args.library, create=False)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with lib:
+        from engine import search
+
+        try:
+            record = search.library_model(lib, args.model)
+        except StoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        problems: list[str] = []
+        in_library: list[int] = []
+        to_embed: list[Path] = []
+        for item in args.images:
+            path = Path(item)
+            if not path.is_file():
+                problems.append(f"{item}: {'not a file' if path.exists() else 'no such file'}")
+                continue
+            image_id = None if box is not None else _library_query(lib, record.id, path)
+            if image_id is not None:
+                in_library.append(image_id)
+            else:
+                to_embed.append(path)
+
+        extractor = None
+        if to_embed:
+            from engine.models import CheckpointError
+            from engine.models.download import DownloadError
+
+            try:
+                extractor = load_model(record, args.model, args.device)
+            except (CheckpointError, DownloadError, RuntimeError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+
+        try:
+            if box is not None:
+                if not to_embed:
+                    return _report(problems, used=0)
+                try:
+                    results = search.search_by_region(lib, extractor, to_embed[0], box, k=args.k,
+                                                      model_id=record.id)
+                except ImageDecodeError as e:
+                    problems.append(str(e))
+                    return _report(problems, used=0)
+                except ValueError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 2
+                used = 1
+            else:
+                vectors = []
+                if in_library:
+                    vectors.append(search.stored_vectors(lib, record.id, in_library))
+                if to_embed:
+                    embedded, errors = search.embed_queries(extractor, to_embed)
+                    problems += [message for _, message in errors]
+                    vectors.append(embedded)
+                import numpy as np
+
+                queries = np.concatenate([v for v in vectors if len(v)]) if any(len(v) for v in vectors) else None
+                if queries is None:
+                    return _report(problems, used=0)
+                used = len(queries)
+                try:
+                    results = search.search_by_vectors(lib, record.id, queries, k=args.k, exclude_ids=in_library)
+                except ValueError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 2
+        except StoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        _print(results, args.json)
+        if not results:
+            print(f"no results: library '{lib.name}' has no other photos under model '{record.name}'",
+                  file=sys.stderr)
+        return _report(problems, used=used)
+
+
+def _report(problems: list[str], used: int) -> int:
+    for message in problems:
+        print(f"unreadable: {message}", file=sys.stderr)
+    if used == 0:
+        print("error: no readable query image", file=sys.stderr)
+        return 2
+    return 1 if problems else 0
+
+
+__all__ = ["add_parser", "load_model", "parse_box", "run"]
