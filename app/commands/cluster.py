@@ -25,17 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.commands._library import open_existing
     from engine.clusters import cluster_library
     from engine.search import library_model
-    from engine.store import Library, StoreError
+    from engine.store import StoreError
 
     if args.k < 1 or args.niter < 1:
         print("error: --k and --niter must be at least 1", file=sys.stderr)
         return 2
-    try:
-        lib = Library.open(args.library, create=False)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    lib = open_existing(args.library)
+    if lib is None:
         return 2
     with lib:
         try:

@@ -23,25 +23,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.commands._library import open_existing
     from app.commands.embed import collect_images
-    from app.commands.map import pick_model
     from engine.extract import Extractor
     from engine.models import load_backbone
-    from engine.store import Library, StoreError
+    from engine.search import library_model
+    from engine.store import StoreError
     from trainer.curate import curate, write_list
 
     if not 0.0 < args.threshold <= 1.0:
         print("error: --threshold must lie in (0, 1]", file=sys.stderr)
         return 2
-    try:
-        lib = Library.open(args.library, create=False)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    lib = open_existing(args.library)
+    if lib is None:
         return 2
     with lib:
-        model, problem = pick_model(lib, args.model)
-        if model is None:
-            print(f"error: {problem}", file=sys.stderr)
+        try:
+            model = library_model(lib, args.model)
+        except StoreError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
         seed_vectors = None
         if args.seeds is not None:

@@ -33,9 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.commands._library import open_existing
     from engine.dedup import TIER_NAMES, TIERS, find_duplicates, savings
     from engine.search import library_model
-    from engine.store import Library, StoreError
+    from engine.store import StoreError
 
     if not (-1.0 <= args.scene <= args.near <= 1.0):
         print(f"error: thresholds must satisfy -1 <= --scene <= --near <= 1 (got --scene {args.scene}, "
@@ -44,10 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.min_size < 2:
         print("error: --min-size must be at least 2", file=sys.stderr)
         return 2
-    try:
-        lib = Library.open(args.library, create=False)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    lib = open_existing(args.library)
+    if lib is None:
         return 2
     with lib:
         try:

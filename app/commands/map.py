@@ -17,23 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thumbnails", type=int, default=300, help="how many thumbnails to draw (default %(default)s)")
 
 
-def pick_model(lib, source: str | None):
-    models = lib.models()
-    if not models:
-        return None, f"library '{lib.name}' has no indexed photos yet; run `python -m app index FOLDER` first"
-    if source is None:
-        return max(models, key=lambda m: m.created_at), None
-    m = lib.model_by_source(source)
-    if m is None:
-        known = ", ".join(x.source for x in models)
-        return None, f"library '{lib.name}' is not indexed with {source}; it has: {known}"
-    return m, None
-
-
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from engine.store import Library, StoreError
+    from app.commands._library import open_existing
+    from engine.search import library_model
+    from engine.store import StoreError
     from engine.viz.library_map import render_library_map, update_map
 
     try:
@@ -41,15 +30,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: --size must look like 1600x1200, not {args.size!r}", file=sys.stderr)
         return 2
-    try:
-        lib = Library.open(args.library, create=False)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    lib = open_existing(args.library)
+    if lib is None:
         return 2
     with lib:
-        model, problem = pick_model(lib, args.model)
-        if model is None:
-            print(f"error: {problem}", file=sys.stderr)
+        try:
+            model = library_model(lib, args.model)
+        except StoreError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
         m = update_map(lib, model.id, refit=args.refit, progress=lambda msg: print(msg, file=sys.stderr))
         if len(m.ids) == 0:

@@ -100,8 +100,9 @@ def _print(results, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.commands._library import open_existing
     from engine.imageio import ImageDecodeError
-    from engine.store import Library, StoreError
+    from engine.store import StoreError
 
     if args.k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
@@ -116,10 +117,8 @@ def run(args: argparse.Namespace) -> int:
         if len(args.images) != 1:
             print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
             return 2
-    try:
-        lib = Library.open(args.library, create=False)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    lib = open_existing(args.library)
+    if lib is None:
         return 2
     with lib:
         from engine import search

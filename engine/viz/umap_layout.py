@@ -282,6 +282,8 @@ def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0)
     """
     import faiss
 
+    from engine.clusters import kmeans_pp
+
     x = _prepare(vectors)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -291,34 +293,13 @@ def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0)
     if k == 1:
         return np.zeros(len(x), np.int64)
     rng = np.random.default_rng(seed)
-    seeds = _kmeans_pp(x if len(x) <= 50_000 else x[rng.choice(len(x), 50_000, replace=False)], k, rng)
+    seeds = kmeans_pp(x, k, rng)
     # faiss trains on a sample of at most 256 points per centroid; enough for a map's colours.
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False)
     with _faiss_blas():
         km.train(x, init_centroids=seeds)
         _, assign = km.index.search(x, 1)
     return assign[:, 0].astype(np.int64)
-
-
-def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ on unit vectors: each next seed is the best of a few candidates drawn by squared distance."""
-    n = len(x)
-    seeds = np.empty((k, x.shape[1]), np.float32)
-    first = int(rng.integers(n))
-    seeds[0] = x[first]
-    closest = np.maximum(2.0 - 2.0 * (x @ x[first]).astype(np.float64), 0.0)  # squared distance, unit vectors
-    tries = 2 + int(np.log(k))
-    for c in range(1, k):
-        total = closest.sum()
-        if total <= 0.0:  # every point sits on a seed already (duplicates): any point will do
-            seeds[c] = x[int(rng.integers(n))]
-            continue
-        candidates = rng.choice(n, size=tries, p=closest / total)
-        dists = np.maximum(2.0 - 2.0 * (x @ x[candidates].T).astype(np.float64), 0.0)
-        best = int(np.argmin(np.minimum(closest[:, None], dists).sum(axis=0)))
-        seeds[c] = x[candidates[best]]
-        closest = np.minimum(closest, dists[:, best])
-    return seeds
 
 
 # ---------------------------------------------------------------------------------------------------- persistence
