@@ -70,7 +70,8 @@ def balance_by_cluster(vectors: np.ndarray, k: int, per_cluster: int, seed: int 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False)
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
+                    min_points_per_centroid=1)  # small libraries: no FAISS warning
     km.train(x, init_centroids=kmeans_pp(x, k, rng) if k > 1 else None)
     sims, assign = km.index.search(x, 1)
     keep: list[int] = []

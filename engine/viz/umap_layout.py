@@ -295,7 +295,8 @@ def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0)
     rng = np.random.default_rng(seed)
     seeds = kmeans_pp(x, k, rng)
     # faiss trains on a sample of at most 256 points per centroid; enough for a map's colours.
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
+                    min_points_per_centroid=1)  # small libraries: no FAISS warning
     with _faiss_blas():
         km.train(x, init_centroids=seeds)
         _, assign = km.index.search(x, 1)
