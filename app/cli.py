@@ -22,6 +22,8 @@ COMMANDS = {
     "search": "search",
     "dedup": "dedup",
     "cluster": "cluster",
+    "train": "train",
+    "eval": "eval",
 }
 
 EPILOG = """examples:
