@@ -222,8 +222,11 @@ class TrainingPanel(QWidget):
         self.process = None
         last = self.events[-1] if self.events else {}
         knn = next((e for e in reversed(self.events) if "knn_top1" in e), None)
+        end = next((e for e in reversed(self.events) if e.get("event") == "end"), None)
         msg = {0: "Run finished", 130: "Stopped; a checkpoint was saved and Resume continues from it"}.get(
             code, f"The trainer exited with code {code}; see the log below")
+        if end and end.get("message") and code not in (0, 130):
+            msg += f": {end['message']}"
         if knn:
             msg += f" · k-NN top-1 {100 * knn['knn_top1']:.1f}%"
         self.progress.setText(msg + (f" at step {last.get('step')}" if last else ""))
@@ -237,24 +240,21 @@ class TrainingPanel(QWidget):
         if not new:
             return new
         self.events += new
-        steps = [e for e in self.events if "step" in e and "total" in e]
+        steps = [e for e in self.events if e.get("event") == "train"]
         if steps:
             x = [e["step"] for e in steps]
             for k, curve in self.curves.items():
-                ys = [e.get(k) for e in steps]
+                ys = [e.get("losses", {}).get(k) for e in steps]
                 if any(v is not None for v in ys):
                     curve.setData(x, [float("nan") if v is None else v for v in ys])
             self.lr_curve.setData(x, [e.get("lr", float("nan")) for e in steps])
             last = steps[-1]
-            total = last.get("total_iters")
+            total = last.get("total_steps")
             rate = last.get("images_per_s")
             eta = ""
-            if total and len(steps) > 1:
-                elapsed = time.monotonic() - self._started
-                done = last["step"] - steps[0]["step"]
-                if done > 0:
-                    s = int(elapsed / done * (total - last["step"]))
-                    eta = f" · ETA {s // 60}:{s % 60:02d}"
+            if total and last.get("step_time"):
+                s = int(last["step_time"] * (total - last["step"]))
+                eta = f" · ETA {s // 60}:{s % 60:02d}"
             mem = last.get("gpu_mem_gb")
             self.speed_label.setText(
                 f"step {last['step']}" + (f"/{total}" if total else "") + (f" · {rate:.1f} img/s" if rate else "")
