@@ -9,6 +9,7 @@ winning label and its probability, which the review sorts by. A photo's label fo
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
+from engine.atomic import atomic_write_text
 from engine.store.schema import Image, Label
 
 METHODS = ("knn", "probe")
@@ -151,18 +153,17 @@ def export(lib, path: str | os.PathLike, image_ids: Iterable[int] | None = None)
     paths = _paths(lib, ids)
     rows = [{"path": paths.get(i, ""), "image_id": i, "label": name, "source": src, "confidence": conf}
             for i in ids for name, src, conf in table.get(i, [(None, None, None)])]
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix.lower() == ".json":
-        tmp.write_text(json.dumps(rows, indent=1))
+        text = json.dumps(rows, indent=1)
     elif path.suffix.lower() == ".csv":
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "image_id", "label", "source", "confidence"])
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["path", "image_id", "label", "source", "confidence"])
+        w.writeheader()
+        w.writerows(rows)
+        text = buf.getvalue()
     else:
         raise ValueError(f"{path.name}: export to .csv or .json")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def _paths(lib, ids: list[int]) -> dict[int, str]:

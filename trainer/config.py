@@ -13,7 +13,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -341,19 +340,9 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the YAML atomically (temp file, fsync, rename), so a crash never leaves half a config."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_yaml())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from engine.atomic import atomic_write_text
+
+        return atomic_write_text(path, self.to_yaml())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:

@@ -121,9 +121,6 @@ def curate(lib, model_id: int, *, threshold: float = 0.95, seed_vectors: np.ndar
 
 def write_list(paths: Sequence[str], out: str | os.PathLike) -> Path:
     """The file list `train --data` reads: one path per line, written atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(f"{p}\n" for p in paths))
-    os.replace(tmp, out)
-    return out
+    from engine.atomic import atomic_write_text
+
+    return atomic_write_text(out, "".join(f"{p}\n" for p in paths))

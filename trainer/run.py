@@ -32,11 +32,12 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from engine.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -112,22 +113,8 @@ class EventLog:
             else:
                 kept.append(ev)
         if dropped:
-            _atomic_write_text(self.path, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept))
+            atomic_write_text(self.path, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept))
         return dropped
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ the folder

@@ -51,15 +51,8 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return paths, problems
 
 
-def _atomic_save(out: Path, write) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, out)
-
-
 def run(args: argparse.Namespace) -> int:
+    from engine.atomic import atomic_write
     from engine.extract import Extractor
     from engine.models import CheckpointError, load_backbone
     from engine.models.download import DownloadError
@@ -109,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if args.patch:
         patch = np.concatenate(patch_parts)
         side = round(patch.shape[1] ** 0.5)
-        _atomic_save(out, lambda f: np.savez(f, cls=cls, patch=patch, paths=names, grid=np.array([side, side])))
+        atomic_write(out, lambda f: np.savez(f, cls=cls, patch=patch, paths=names, grid=np.array([side, side])))
         print(f"wrote {out}: cls {cls.shape}, patch {patch.shape}, paths")
     else:
-        _atomic_save(out, lambda f: np.save(f, cls))
+        atomic_write(out, lambda f: np.save(f, cls))
         listing = out.with_suffix(".paths.txt")
         listing.write_text("\n".join(names) + "\n")
         print(f"wrote {out} ({len(kept)} x {cls.shape[1]}; row order in {listing})")

@@ -10,12 +10,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.atomic import atomic_write
 from engine.models.config import BackboneConfig, family_interpolation
 
 FORMAT_TAG = "dinoscope-backbone"
@@ -276,20 +276,8 @@ def infer_config(sd: StateDict, origin: str = "checkpoint") -> BackboneConfig:
 
 # -------------------------------------------------------------------------------------------- writing
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save to a temp file, fsync, then rename: a crash never leaves half a checkpoint."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_backbone(model: torch.nn.Module, path: str | os.PathLike) -> Path:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from engine.atomic import fsync_dir
+
 __all__ = ["DownloadCancelled", "DownloadError", "DownloadResult", "ProgressFn", "download_file", "sha256_file"]
 
 USER_AGENT = "dinoscope"
@@ -107,20 +109,6 @@ def _hash_existing(part: Path, h: hashlib._Hash, chunk_size: int) -> None:
     with open(part, "rb") as f:
         while chunk := f.read(chunk_size):
             h.update(chunk)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; best effort (not possible on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
@@ -258,5 +246,5 @@ def _attempt(
         os.replace(part, dest)
     except OSError as e:
         raise DownloadError(f"Cannot download {url}: cannot rename {part} to {dest} ({e})") from e
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return DownloadResult(path=dest, size=done, sha256=h.hexdigest(), resumed=offset > 0)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from engine.atomic import fsync_dir
 from engine.store.schema import StoreError
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
         _write_file(temps["stamp"], lambda f: f.write(json.dumps(stamp, indent=1).encode()))
         for name in ("f32", "faiss", "stamp"):  # the stamp is the commit point
             os.replace(temps[name], files[name])
-        _fsync_dir(lib.vectors_dir)
+        fsync_dir(lib.vectors_dir)
     except OSError as exc:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
@@ -335,20 +336,6 @@ def _write_file(path: Path, write) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames durable (POSIX); directories cannot be opened this way on Windows."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_temps(folder: Path) -> None:
