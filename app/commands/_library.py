@@ -14,3 +14,22 @@ def open_existing(name: str):
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+
+
+def open_with_model(name: str, model_source: str | None):
+    """(library, model record) for a command, or None after saying why (no library, no vectors, unknown model).
+
+    model_source None means the library's most recent model.
+    """
+    from engine.search import library_model
+    from engine.store import StoreError
+
+    lib = open_existing(name)
+    if lib is None:
+        return None
+    try:
+        return lib, library_model(lib, model_source)
+    except StoreError as e:
+        lib.close()
+        print(f"error: {e}", file=sys.stderr)
+        return None

@@ -25,20 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.commands._library import open_existing
+    from app.commands._library import open_with_model
     from engine.clusters import cluster_library
-    from engine.search import library_model
     from engine.store import StoreError
 
     if args.k < 1 or args.niter < 1:
         print("error: --k and --niter must be at least 1", file=sys.stderr)
         return 2
-    lib = open_existing(args.library)
-    if lib is None:
+    opened = open_with_model(args.library, args.model)
+    if opened is None:
         return 2
+    lib, record = opened
     with lib:
         try:
-            record = library_model(lib, args.model)
             result = cluster_library(lib, record.id, args.k, niter=args.niter, seed=args.seed)
         except (StoreError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)

@@ -23,26 +23,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.commands._library import open_existing
+    from app.commands._library import open_with_model
     from app.commands.embed import collect_images
     from engine.extract import Extractor
     from engine.models import load_backbone
-    from engine.search import library_model
-    from engine.store import StoreError
     from trainer.curate import curate, write_list
 
     if not 0.0 < args.threshold <= 1.0:
         print("error: --threshold must lie in (0, 1]", file=sys.stderr)
         return 2
-    lib = open_existing(args.library)
-    if lib is None:
+    opened = open_with_model(args.library, args.model)
+    if opened is None:
         return 2
+    lib, model = opened
     with lib:
-        try:
-            model = library_model(lib, args.model)
-        except StoreError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         seed_vectors = None
         if args.seeds is not None:
             files, problems = collect_images([str(args.seeds)])

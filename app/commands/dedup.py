@@ -33,9 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.commands._library import open_existing
+    from app.commands._library import open_with_model
     from engine.dedup import TIER_NAMES, TIERS, find_duplicates, savings
-    from engine.search import library_model
     from engine.store import StoreError
 
     if not (-1.0 <= args.scene <= args.near <= 1.0):
@@ -45,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     if args.min_size < 2:
         print("error: --min-size must be at least 2", file=sys.stderr)
         return 2
-    lib = open_existing(args.library)
-    if lib is None:
+    opened = open_with_model(args.library, args.model)
+    if opened is None:
         return 2
+    lib, record = opened
     with lib:
         try:
-            record = library_model(lib, args.model)
             bar = ProgressBar("comparing", unit="blocks")
             last = [0, 0]
 

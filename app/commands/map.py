@@ -20,9 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from app.commands._library import open_existing
-    from engine.search import library_model
-    from engine.store import StoreError
+    from app.commands._library import open_with_model
     from engine.viz.library_map import render_library_map, update_map
 
     try:
@@ -30,15 +28,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: --size must look like 1600x1200, not {args.size!r}", file=sys.stderr)
         return 2
-    lib = open_existing(args.library)
-    if lib is None:
+    opened = open_with_model(args.library, args.model)
+    if opened is None:
         return 2
+    lib, model = opened
     with lib:
-        try:
-            model = library_model(lib, args.model)
-        except StoreError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         m = update_map(lib, model.id, refit=args.refit, progress=lambda msg: print(msg, file=sys.stderr))
         if len(m.ids) == 0:
             print("error: no photos with vectors to map", file=sys.stderr)

@@ -100,7 +100,7 @@ def _print(results, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.commands._library import open_existing
+    from app.commands._library import open_with_model
     from engine.imageio import ImageDecodeError
     from engine.store import StoreError
 
@@ -117,17 +117,13 @@ def run(args: argparse.Namespace) -> int:
         if len(args.images) != 1:
             print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
             return 2
-    lib = open_existing(args.library)
-    if lib is None:
+    opened = open_with_model(args.library, args.model)
+    if opened is None:
         return 2
+    lib, record = opened
     with lib:
         from engine import search
 
-        try:
-            record = search.library_model(lib, args.model)
-        except StoreError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         problems: list[str] = []
         in_library: list[int] = []
         to_embed: list[Path] = []
