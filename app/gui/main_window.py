@@ -75,6 +75,8 @@ class MainWindow(QMainWindow):
         self.library_panel.library_selected.connect(self.open_library)
         self.library_panel.show_errors_requested.connect(self.show_errors)
 
+        self.task_bar = TaskBar()  # before the panels: they hand it their long tasks
+
         # Centre: tabs.
         self.tabs = QTabWidget()
         self.setCentralWidget(self.tabs)
@@ -88,10 +90,12 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.labels_panel, "Labels")
         self.labels_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.labels_panel.error.connect(self.error)
+        self.labels_panel.task_started.connect(self.task_bar.follow)
         self.duplicates_panel = DuplicatesPanel(self.models, self.libraries, self.runner, self.thumbs)
         self.tabs.addTab(self.duplicates_panel, "Duplicates")
         self.duplicates_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.duplicates_panel.error.connect(self.error)
+        self.duplicates_panel.task_started.connect(self.task_bar.follow)
         self.duplicates_panel.files_moved.connect(lambda _n: self.reindex())
         self.map_tab = LazyTab(self._make_map_panel)
         self.tabs.addTab(self.map_tab, "Map")
@@ -101,6 +105,7 @@ class MainWindow(QMainWindow):
         self.search_panel.open_photo.connect(self.open_photo)
         self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.search_panel.error.connect(self.error)
+        self.search_panel.task_started.connect(self.task_bar.follow)
         self.viewer.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.viewer.region_search.connect(self._search_region)
 
@@ -109,7 +114,6 @@ class MainWindow(QMainWindow):
         self.model_label.setFlat(True)
         self.model_label.setToolTip("The DINOv2 model in use and where it runs; click to manage models")
         self.model_label.clicked.connect(self.show_models)
-        self.task_bar = TaskBar()
         self.statusBar().addPermanentWidget(self.task_bar)
         self.statusBar().addPermanentWidget(self.model_label)
         self.models.changed.connect(lambda _s: self._update_model_label())
@@ -152,6 +156,7 @@ class MainWindow(QMainWindow):
         from app.gui.widgets.map_panel import MapPanel
 
         panel = MapPanel(self.models, self.libraries, self.runner, self.thumbs)
+        panel.task_started.connect(self.task_bar.follow)
         panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         panel.error.connect(self.error)
         panel.open_photo.connect(lambda i: self.open_photo(self.libraries.library.image(i).path))

@@ -48,6 +48,7 @@ def _find_task(report, cancelled, library_root: str, model_source: str, near: fl
 
 class DuplicatesPanel(QWidget):
     status = Signal(str)
+    task_started = Signal(object, str)  # a long task: the window's task bar shows its progress and Cancel
     error = Signal(str, str)
     files_moved = Signal(int)
 
@@ -116,6 +117,7 @@ class DuplicatesPanel(QWidget):
         task.signals.finished.connect(self._show)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot look for duplicates", m))
         self.status.emit("Looking for duplicates…")
+        self.task_started.emit(task, "Looking for duplicates")
         return self.runner.start(task)
 
     def _show(self, result) -> None:

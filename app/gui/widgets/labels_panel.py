@@ -36,6 +36,7 @@ def _suggest_task(report, cancelled, library_root: str, model_source: str, metho
 
 class LabelsPanel(QWidget):
     status = Signal(str)
+    task_started = Signal(object, str)  # a long task: the window's task bar shows its progress and Cancel
     error = Signal(str, str)
 
     def __init__(self, models, libraries, runner: TaskRunner, cache: ThumbnailCache,
@@ -90,6 +91,7 @@ class LabelsPanel(QWidget):
         task.signals.finished.connect(self._show)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot suggest labels", m))
         self.status.emit("Suggesting labels…")
+        self.task_started.emit(task, "Suggesting labels")
         return self.runner.start(task)
 
     def _show(self, suggestions: list) -> None:

@@ -29,6 +29,7 @@ def _map_task(report, cancelled, library_root: str, model_source: str, refit: bo
 
 class MapPanel(QWidget):
     status = Signal(str)
+    task_started = Signal(object, str)  # a long task: the window's task bar shows its progress and Cancel
     error = Signal(str, str)
     open_photo = Signal(int)
 
@@ -92,6 +93,7 @@ class MapPanel(QWidget):
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot draw the map", m))
         if not quick:
             self.state.setText("Computing the map (UMAP; the first time in a session also compiles it)…")
+        self.task_started.emit(task, "Computing the map")
         return self.runner.start(task)
 
     def _show(self, result) -> None:

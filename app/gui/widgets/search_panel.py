@@ -76,6 +76,7 @@ class SearchPanel(QWidget):
     open_photo = Signal(str, list)  # path, the result paths as context
     results_changed = Signal(list, list)  # query image ids (those in the library), result image ids
     status = Signal(str)
+    task_started = Signal(object, str)  # a long task: the window's task bar shows its progress and Cancel
     error = Signal(str, str)
 
     def __init__(self, models, libraries, runner: TaskRunner, cache: ThumbnailCache,
@@ -199,6 +200,7 @@ class SearchPanel(QWidget):
         task.signals.finished.connect(self._show_results)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Search failed", m))
         self.status.emit("Searching…")
+        self.task_started.emit(task, "Searching")
         return self.runner.start(task)
 
     def _show_results(self, result) -> None:

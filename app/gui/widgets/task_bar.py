@@ -41,9 +41,9 @@ class TaskBar(QWidget):
         self.bar.setRange(0, 0)  # busy until the first report
         self.eta.setText("")
         self.cancel_button.setEnabled(True)
-        task.signals.progress.connect(self._progress)
+        task.signals.progress.connect(lambda d, t, text, task=task: task is self.task and self._progress(d, t, text))
         for sig in (task.signals.finished, task.signals.failed, task.signals.cancelled):
-            sig.connect(self._done)
+            sig.connect(lambda *_, task=task: self._done(task))
         self.show()
 
     def _progress(self, done: int, total: int, text: str) -> None:
@@ -62,6 +62,7 @@ class TaskBar(QWidget):
             self.cancel_button.setEnabled(False)
             self.label.setText(self.label.text() + " — cancelling…")
 
-    def _done(self, *_: object) -> None:
-        self.task = None
-        self.hide()
+    def _done(self, task: Task) -> None:
+        if task is self.task:  # an older task ending must not hide the one now shown
+            self.task = None
+            self.hide()
