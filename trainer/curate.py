@@ -83,8 +83,10 @@ def balance_by_cluster(vectors: np.ndarray, k: int, per_cluster: int, seed: int 
 
 
 def curate(lib, model_id: int, *, threshold: float = 0.95, seed_vectors: np.ndarray | None = None,
-           per_seed: int = 32, clusters: int | None = None, per_cluster: int | None = None) -> CurationReport:
+           per_seed: int = 32, clusters: int | None = None, per_cluster: int | None = None,
+           progress: Callable[[str], None] | None = None) -> CurationReport:
     """The whole pipeline over one library and model; returns the kept paths and the counts per stage."""
+    say = progress or (lambda _msg: None)
     report = CurationReport()
     ids, vectors = lib.vectors(model_id)
     ids = np.asarray(ids, dtype=np.int64)
@@ -104,14 +106,17 @@ def curate(lib, model_id: int, *, threshold: float = 0.95, seed_vectors: np.ndar
         taken = r.captured_at.timestamp() if r.captured_at else float("inf")
         return (0, -pixels, taken, image_id)
 
+    say(f"deduplicating {len(ids)} photos (cosine >= {threshold})…")
     rows = deduplicate(ids, vectors, threshold, keeper_key)
     report.add(f"after self-deduplication (cosine >= {threshold})", len(rows))
     if seed_vectors is not None and len(seed_vectors):
+        say(f"retrieving the {per_seed} nearest photos of {len(seed_vectors)} seeds…")
         picked = retrieve_for_seeds(vectors[rows], seed_vectors, per_seed)
         rows = rows[picked]
         report.add(f"after retrieval ({len(seed_vectors)} seeds x {per_seed} nearest)", len(rows))
     if per_cluster:
         k = clusters or max(2, round(float(np.sqrt(len(rows) / 2))))
+        say(f"clustering {len(rows)} photos into {k} clusters…")
         picked = balance_by_cluster(vectors[rows], k, per_cluster)
         rows = rows[picked]
         report.add(f"after cluster balancing ({k} clusters, <= {per_cluster} each)", len(rows))
