@@ -4,6 +4,7 @@ UMAP part (clustered synthetic data: 50 clusters in a 32-d subspace of R^384, la
   * fit time with and without the PCA-50 pre-reduction, in a warm process (numba already compiled), and the k-NN
     label agreement of each 2-D layout beside that of the 384-d vectors themselves (what a layout can keep);
   * fit time in a fresh process (a real subprocess: interpreter start, `import umap`, numba compilation, fit);
+  * umap-learn on its own (its NN-descent neighbours, its default epochs) on the same input, warm and fresh;
   * placing 1k new points: Dinoscope's `place_new` beside umap-learn's own `transform` on the same fitted map
     (first call, which includes compilation, and the median of later calls), and in a fresh process from the
     saved layout file.
@@ -62,8 +63,11 @@ def agreement_384(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
 
 
 # ------------------------------------------------------------------------------------------- fresh-process children
-def child_fit(n: int, pca_dims: int | None, save_to: str | None) -> None:
-    """Runs in a fresh interpreter: import umap, fit once (compilation included), print timings as JSON."""
+def child_fit(n: int, pca_dims: int | None, save_to: str | None, use_peer: bool = False) -> None:
+    """Runs in a fresh interpreter: import umap, fit once (compilation included), print timings as JSON.
+
+    ``use_peer``: umap-learn on its own (its NN-descent neighbours, its default epochs) on the same PCA-reduced input.
+    """
     x, labels = clustered(n)
     t0 = time.perf_counter()
     import umap  # noqa: F401  (timed: numba-compiled module loading)
@@ -71,7 +75,7 @@ def child_fit(n: int, pca_dims: int | None, save_to: str | None) -> None:
     from engine.viz.umap_layout import fit_layout, knn_agreement, save_layout
 
     t_import = time.perf_counter() - t0
-    layout = fit_layout(x, pca_dims=pca_dims)
+    layout = fit_layout(x, pca_dims=pca_dims, **(peer(n) if use_peer else {}))
     total = time.perf_counter() - t0
     out = {"import_s": t_import, "import_fit_s": total, "agreement": knn_agreement(layout.coords, labels)}
     if save_to:
@@ -106,17 +110,24 @@ def run_child(*args: str) -> tuple[dict, float]:
 
 
 # ------------------------------------------------------------------------------------------------------- UMAP runs
+# umap-learn as a user would run it on its own: its NN-descent neighbours (kept for its transform) and its default
+# epochs (500 up to 10k points, 200 beyond), on the same unit-length, PCA-reduced vectors as ours.
+def peer(n: int) -> dict:
+    return {"keep_reducer": True, "n_epochs": 500 if n <= 10000 else 200}
+
+
 def bench_umap(sizes: list[int], trials: int, n_new: int, fresh_size: int, fresh_trials: int) -> dict:
     import umap  # noqa: F401
 
     from engine.viz.umap_layout import fit_layout, knn_agreement, place_new
 
     configs = {"pca50": 50, "no-pca": None}
-    print("warming up numba (one fit per metric on 5000 points, one placement) ...", flush=True)
+    print("warming up numba (one fit per metric on 5000 points, one with NN-descent, one placement) ...", flush=True)
     warm_x, _ = clustered(5000, seed=99)
     for dims in configs.values():
         warm = fit_layout(warm_x, pca_dims=dims)
         place_new(warm, warm_x[:10])
+    fit_layout(warm_x, pca_dims=50, **peer(len(warm_x)))
 
     fits: dict[tuple[int, str], list[float]] = {}
     quality: dict[tuple[int, str], list[float]] = {}
@@ -126,21 +137,24 @@ def bench_umap(sizes: list[int], trials: int, n_new: int, fresh_size: int, fresh
     for n in sizes:
         x, labels = clustered(n)
         ceiling[n] = agreement_384(x, labels)
-        for trial in range(trials):
+        for trial in range(trials + 1):
             for name, dims in configs.items():
-                keep = trial == 0 and name == "pca50"
+                is_peer = trial == trials
+                if is_peer and name != "pca50":
+                    continue
+                name = "umap-learn" if is_peer else name
                 t = time.perf_counter()
-                layout = fit_layout(x, pca_dims=dims, keep_reducer=keep)
+                layout = fit_layout(x, pca_dims=dims, **(peer(n) if is_peer else {}))
                 fits.setdefault((n, name), []).append(time.perf_counter() - t)
                 quality.setdefault((n, name), []).append(knn_agreement(layout.coords, labels))
                 print(f"  fit {n} {name}: {fits[(n, name)][-1]:.1f} s, agreement {quality[(n, name)][-1]:.3f}",
                       flush=True)
-                if keep:
+                if is_peer:
                     placement[n] = time_placement(layout, new)
                     print(f"  place {n_new} on {n}: {placement[n]}", flush=True)
                 del layout
 
-    fresh = []
+    fresh, fresh_peer = [], None
     if fresh_size and fresh_trials:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(fresh_trials):
@@ -150,9 +164,13 @@ def bench_umap(sizes: list[int], trials: int, n_new: int, fresh_size: int, fresh
                 place_out, place_wall = run_child("--child-place", tmp, "--new", str(n_new))
                 fresh.append({**fit_out, "fit_wall_s": fit_wall, **place_out, "place_wall_s": place_wall})
                 print(f"  {fresh[-1]}", flush=True)
+            print(f"fresh process fit {fresh_size}, umap-learn on its own ...", flush=True)
+            fresh_peer, _ = run_child("--child-fit", str(fresh_size), "--child-pca", "50", "--child-peer")
+            print(f"  {fresh_peer}", flush=True)
     return {"fits": {f"{n} {c}": v for (n, c), v in fits.items()},
             "agreement": {f"{n} {c}": v for (n, c), v in quality.items()},
-            "agreement_384d": ceiling, "placement": placement, "fresh": fresh, "fresh_size": fresh_size}
+            "agreement_384d": ceiling, "placement": placement, "fresh": fresh, "fresh_size": fresh_size,
+            "fresh_peer": fresh_peer}
 
 
 def time_placement(layout, new: np.ndarray, repeats: int = 3) -> dict[str, float]:
@@ -269,14 +287,15 @@ def report(umap_res: dict | None, overlay_res: dict | None, args: argparse.Names
     if umap_res:
         rows = []
         for n in args.sizes:
-            for c in ("pca50", "no-pca"):
+            for c in ("pca50", "no-pca", "umap-learn"):
                 key = f"{n} {c}"
                 rows.append([n, c, statistics.median(umap_res["fits"][key]),
                              statistics.median(umap_res["agreement"][key]), umap_res["agreement_384d"][n]])
-            ratio = statistics.median(umap_res["fits"][f"{n} no-pca"]) / statistics.median(
-                umap_res["fits"][f"{n} pca50"])
-            rows.append([n, "no-pca / pca50 time", ratio, "", ""])
-        parts.append(f"### UMAP fit, warm process (median of {args.trials})\n"
+            fit = {c: statistics.median(umap_res["fits"][f"{n} {c}"]) for c in ("pca50", "no-pca", "umap-learn")}
+            rows.append([n, "no-pca / pca50 time", fit["no-pca"] / fit["pca50"], "", ""])
+            rows.append([n, "umap-learn / pca50 time (speed-up)", fit["umap-learn"] / fit["pca50"], "", ""])
+        parts.append(f"### UMAP fit, warm process (median of {args.trials}; umap-learn on its own: one fit, "
+                     "NN-descent neighbours, its default epochs, same PCA-50 input)\n"
                      + table(["points", "config", "fit s", "10-NN agreement 2-D", "10-NN agreement 384-d"], rows))
         rows = []
         for n, p in umap_res["placement"].items():
@@ -298,6 +317,11 @@ def report(umap_res: dict | None, overlay_res: dict | None, args: argparse.Names
                     [f"load + place {args.new} (compilation included)", med("load_place_s")],
                     [f"place {args.new} again", med("place_again_s")],
                     ["2-D 10-NN agreement", med("agreement")]]
+            if umap_res.get("fresh_peer"):
+                theirs = umap_res["fresh_peer"]
+                rows += [["umap-learn on its own: import + fit", theirs["import_fit_s"]],
+                         ["umap-learn on its own: 2-D 10-NN agreement", theirs["agreement"]],
+                         ["speed-up (umap-learn / ours, import + fit)", theirs["import_fit_s"] / med("import_fit_s")]]
             parts.append(f"### Fresh process, {umap_res['fresh_size']} points pca50 (median of {len(fr)})\n"
                          + table(["step", "s"], rows))
     if overlay_res:
@@ -336,10 +360,11 @@ def main() -> None:
     ap.add_argument("--child-fit", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-pca", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-save", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-place", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_fit:
-        return child_fit(args.child_fit, args.child_pca, args.child_save)
+        return child_fit(args.child_fit, args.child_pca, args.child_save, args.child_peer)
     if args.child_place:
         return child_place(args.child_place, args.new)
 

@@ -182,3 +182,41 @@ def test_render_map_draws_dots_and_a_spread_sample_of_thumbnails() -> None:
     assert render_map(np.ones((5, 2)), size=(100, 100)).any()  # all on one spot: drawn in the centre
     with pytest.raises(ValueError, match="thumbnails"):
         render_map(coords, [None] * 3)
+
+
+def test_graph_neighbours_match_an_exact_search() -> None:
+    """The k-NN graph handed to umap-learn: exact when small, an inverted-file index (most neighbours right) past
+    EXACT_GRAPH_MAX, in umap-learn's distance units, each row its own first neighbour."""
+    from engine.viz import umap_layout
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 24))
+    x = (centres[rng.integers(0, 40, 3000)] + rng.normal(0, 0.3, (3000, 24))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact_d = pairwise_distances(x, x)
+    truth = np.argsort(exact_d, axis=1)[:, :10]
+    idx, dist = umap_layout.graph_neighbours(x, 10, "euclidean")
+    assert idx.shape == dist.shape == (3000, 10) and idx.dtype == np.int32 and dist.dtype == np.float32
+    assert (idx[:, 0] == np.arange(3000)).all() and np.allclose(dist[:, 0], 0, atol=1e-3)
+    assert np.allclose(dist, np.take_along_axis(exact_d, idx, 1), atol=1e-3)
+    assert np.mean([len(set(a) & set(b)) for a, b in zip(idx, truth, strict=True)]) > 9.99  # float32 vs float64 ties
+    cos_idx, cos_dist = umap_layout.graph_neighbours(x, 10, "cosine")
+    assert np.allclose(cos_dist, np.take_along_axis(1 - x @ x.T, cos_idx, 1), atol=1e-4)
+
+    old = umap_layout.EXACT_GRAPH_MAX
+    umap_layout.EXACT_GRAPH_MAX = 1000  # force the inverted-file path on a small input
+    try:
+        ivf_idx, ivf_dist = umap_layout.graph_neighbours(x, 10, "euclidean")
+    finally:
+        umap_layout.EXACT_GRAPH_MAX = old
+    assert (ivf_idx >= 0).all() and (ivf_idx[:, 0] == np.arange(3000)).all()
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf_idx, truth, strict=True)])
+    assert recall > 0.9
+    assert np.allclose(ivf_dist, np.take_along_axis(exact_d, ivf_idx, 1), atol=1e-3)
+
+
+def test_default_epochs_shrink_only_for_large_maps() -> None:
+    from engine.viz.umap_layout import default_epochs
+
+    assert default_epochs(5000) is None and default_epochs(50000) is None
+    assert default_epochs(75000) == 133 and default_epochs(100000) == 100 and default_epochs(10**6) == 100
