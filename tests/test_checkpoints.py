@@ -8,6 +8,7 @@ import pickle
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -64,6 +65,25 @@ def test_dinoscope_format_keeps_the_full_config(tmp_path: Path) -> None:
     assert loaded.config == model.config
     assert _same_outputs(model, loaded) == 0.0
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_half_precision_files_load_as_float32_models(tmp_path: Path) -> None:
+    """fp16/bf16 files (fp16 Hugging Face exports, the bundled demo model) give a float32 model that runs on CPU."""
+    from engine.extract import Extractor
+
+    model = tiny_backbone(registers=0)
+    for dtype in (torch.float16, torch.bfloat16):
+        path = save_backbone(model.to(dtype), tmp_path / f"{dtype}.pt")
+        loaded = load_backbone(path)
+        assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+        rounded = tiny_backbone(registers=0)
+        rounded.load_state_dict({k: v.to(dtype).float() for k, v in model.float().state_dict().items()})
+        assert _same_outputs(rounded, loaded) == 0.0
+        assert np.isfinite(Extractor(loaded, device="cpu").embed_tensor(torch.randn(1, 3, 56, 56)).cls).all()
+        model = model.float()
+    half_hf = {k: v.half().contiguous() for k, v in official_to_hf(model.state_dict()).items()}
+    save_file(half_hf, str(tmp_path / "model.safetensors"))
+    assert {p.dtype for p in load_backbone(tmp_path / "model.safetensors").parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("prefix", ["", "dinov2."])

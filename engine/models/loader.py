@@ -89,6 +89,9 @@ def load_backbone(
         parts = [p for p in parts if p]
         raise CheckpointError(f"{origin}: does not match a DINOv2 backbone: " + "; ".join(parts))
     _check_shapes(model, sd, origin)
+    # Half-precision files (fp16 Hugging Face exports, Dinoscope's bundled demo model) are upcast: the weights
+    # live in float32 and the Extractor picks the compute precision (bf16 autocast where the device has it).
+    sd = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     model.source = origin
     return model.to(device).eval()
