@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.library_service import LibraryService
-from app.gui.model_service import ModelService
+from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
 from app.gui.thumbnails import ThumbnailCache
 from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
@@ -240,6 +240,11 @@ class MainWindow(QMainWindow):
             return
         lib.add_folder(str(sample))
         self.refresh_library()
+        if not self.models.available_locally() and bundled_model() is not None:
+            self.models.set_source(bundled_model())  # remembered: the library stays searchable with it
+            self.statusBar().showMessage(
+                "The sample photos are indexed with the small demo model bundled with Dinoscope. For real DINOv2 "
+                f"features download {DEFAULT_MODEL} (Model ▸ Models…): the library is indexed again with it", 60000)
         if self.models.available_locally():
             self.add_folder(str(sample))
         else:
@@ -269,8 +274,8 @@ class MainWindow(QMainWindow):
         if lib is None:
             return
         order = SORTS[self.sort_box.currentText()]
-        rows = lib.images(status="ok", order_by=order)
-        self.grid.grid_model().set_items([GridItem(r.id, r.path) for r in rows])
+        rows = lib.image_paths(status="ok", order_by=order)
+        self.grid.grid_model().set_items([GridItem(image_id, path) for image_id, path in rows])
         self.grid_status.setText(f"{len(rows)} photos")
 
     def _fetch_thumbnails(self, ids: list[int]) -> dict[int, bytes]:
@@ -352,14 +357,22 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------------------- models
     def _update_model_label(self) -> None:
         device = self.models.device_text or "…"
-        self.model_label.setText(f"Model: {self.models.source} · {device}")
+        self.model_label.setText(f"Model: {display_name(self.models.source)} · {device}")
 
     def show_models(self) -> None:
         from app.gui.widgets.model_manager import ModelManager
 
         dlg = ModelManager(self.runner, self.models.source, self)
-        dlg.model_chosen.connect(self.models.set_source)
+        dlg.model_chosen.connect(self.use_model)
         dlg.exec()
+
+    def use_model(self, source: str) -> Task | None:
+        """A model picked in the model manager: searches need the library's vectors from it, so index with it
+        (only photos without them are embedded; the vectors of other models stay)."""
+        if source == self.models.source:
+            return None
+        self.models.set_source(source)
+        return self.reindex()
 
     # ------------------------------------------------------------------------------------------ search
     def search_files(self, paths: list[Path]) -> Task | None:

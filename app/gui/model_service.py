@@ -8,6 +8,27 @@ from typing import Any
 from PySide6.QtCore import QObject, QSettings, Signal
 
 DEFAULT_MODEL = "dinov2_vits14"
+# A small ViT trained by us with the DINOv2 recipe (assets/models/README.md): what a first start without the zoo
+# weights (offline, or before any download) indexes the sample photos with.
+BUNDLED_MODEL = "models/dinoscope-tiny-demo.pth"
+
+
+def bundled_model() -> str | None:
+    """The bundled demo model's path, or None where the build left it out."""
+    from app.gui.resources import asset_path
+
+    path = asset_path(BUNDLED_MODEL)
+    return str(path) if path.is_file() else None
+
+
+def display_name(source: str) -> str:
+    """What the status bar and the model manager call a model source."""
+    from pathlib import Path
+
+    bundled = bundled_model()
+    if bundled is not None and Path(source) == Path(bundled):
+        return "Dinoscope tiny demo (bundled)"
+    return source
 
 
 class ModelService(QObject):

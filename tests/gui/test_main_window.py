@@ -91,8 +91,47 @@ def test_first_start_indexes_the_bundled_sample_library(qtbot, tmp_path, checkpo
     assert win.grid.grid_model().rowCount() >= 30
 
 
-def test_first_start_without_a_model_says_what_to_do(qtbot, tmp_path, monkeypatch) -> None:
+def test_using_another_model_indexes_the_library_with_it(qtbot, tmp_path, checkpoint, photos) -> None:
+    """"Use" in the model manager: the library gets that model's vectors, so the next search works with it."""
+    with Library.open("family") as lib:
+        index_library(lib, str(checkpoint), folders=[str(photos)], device="cpu")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(DinoVisionTransformer(tiny_config()).state_dict(), other)
+    win = _window(qtbot, _settings(tmp_path, library__name="family", model__source=str(checkpoint)))
+    assert win.use_model(str(checkpoint)) is None  # already in use: nothing to do
+    task = win.use_model(str(other))
+    assert win.models.source == str(other) and str(other) in win.model_label.text()
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
+    assert task.outcome == "finished", task.error
+    assert {m.source for m in win.libraries.library.models()} == {str(checkpoint), str(other)}
+    win.search_files([photos / "coffee.jpg"])
+    qtbot.waitUntil(lambda: bool(win.search_panel.results), timeout=60000)
+    assert Path(win.search_panel.results[0].path).name == "coffee.jpg"
+
+
+def test_first_start_offline_indexes_the_sample_with_the_bundled_model(qtbot, tmp_path, monkeypatch) -> None:
+    """No zoo weights on disk and no network: the demo model shipped in assets/models indexes the sample, the
+    choice is remembered, and a photo of the sample finds itself first."""
+    from app.gui.model_service import bundled_model
+
     monkeypatch.setenv("DINOSCOPE_ZOO_URL", "http://127.0.0.1:9")
+    settings = _settings(tmp_path)
+    win = _window(qtbot, settings, sample=True)
+    assert win.models.source == bundled_model() and settings.value("model/source") == bundled_model()
+    assert "Dinoscope tiny demo (bundled)" in win.model_label.text()
+    assert "demo model" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: not win.task_bar.isVisible(), timeout=120000)
+    assert win.grid.grid_model().rowCount() >= 30
+    query = Path(bundled_model()).parents[1] / "sample" / "nature" / "dandelion-seeds.jpg"
+    win.search_files([query])
+    qtbot.waitUntil(lambda: bool(win.search_panel.results), timeout=60000)
+    assert Path(win.search_panel.results[0].path) == query and win.search_panel.results[0].score > 0.99
+
+
+def test_first_start_without_any_model_says_what_to_do(qtbot, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DINOSCOPE_ZOO_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr("app.gui.model_service.BUNDLED_MODEL", "models/left-out-of-this-build.pth")
     win = _window(qtbot, _settings(tmp_path), sample=True)
     assert "download dinov2_vits14" in win.grid_status.text()
     assert not win.task_bar.isVisible()

@@ -75,9 +75,10 @@ class ModelManager(QDialog):
         self.refresh()
 
     def refresh(self) -> None:
+        from app.gui.model_service import display_name
         from engine.models import zoo
 
-        self.current_label.setText(f"In use: <b>{self.current}</b>")
+        self.current_label.setText(f"In use: <b>{display_name(self.current)}</b>")
         self.table.setRowCount(len(zoo.ZOO))
         for row, (name, entry) in enumerate(zoo.ZOO.items()):
             self.table.setItem(row, 0, QTableWidgetItem(name))
