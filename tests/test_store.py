@@ -205,6 +205,11 @@ def test_queries_return_plain_records(tmp_path: Path) -> None:
         assert [r.path for r in lib.images(order_by="captured_at", status="ok")] == ["/p/a.jpg", "/p/b.jpg"]
         assert [r.path for r in lib.images(limit=1, offset=1)] == ["/p/b.jpg"]
         assert [r.path for r in lib.images(folder=str(tmp_path))] == ["/p/a.jpg", "/p/b.jpg", "/p/c.jpg"]
+        for order in ("path", "id", "captured_at"):  # the grid's light query agrees with the full records
+            assert lib.image_paths("ok", order) == [(r.id, r.path) for r in lib.images("ok", order_by=order)]
+        assert [p for _, p in lib.image_paths(None)] == ["/p/a.jpg", "/p/b.jpg", "/p/c.jpg"]
+        with pytest.raises(ValueError, match="order_by"):
+            lib.image_paths(order_by="size")
         rec = lib.image_by_path("/p/b.jpg")
         assert rec is not None and rec.captured_at == datetime(2021, 5, 1, 12, 0, tzinfo=tz)  # offset kept
         assert lib.image(rec.id) == rec and lib.image(99999) is None

