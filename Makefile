@@ -29,8 +29,8 @@ bench: $(STAMP)
 # One-folder bundle in dist/dinoscope/ (~3 min), then a smoke check of the frozen executable.
 bundle: $(STAMP)
 	$(VENV)/bin/pyinstaller --noconfirm --clean pyinstaller.spec
-	dist/dinoscope/dinoscope --help
-	dist/dinoscope/dinoscope models
+	dist/dinoscope/dinoscope-cli --help
+	dist/dinoscope/dinoscope-cli models
 
 # Menu entry + icons for the current user; runs the bundle if built, else .venv/bin/dinoscope.
 install-desktop: $(STAMP)
