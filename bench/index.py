@@ -220,8 +220,10 @@ def bench_search(args) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------- query
 
 
-def synthetic_library(root: Path, n: int, dim: int, checkpoint_hash: str) -> int:
-    """A real library database with n ok images and their (fake, clustered) vectors; returns the model id."""
+def synthetic_library(root: Path, n: int, dim: int, checkpoint_hash: str, source: str = "vits14.pth") -> int:
+    """A real library database with n ok images and their (fake, clustered) vectors; returns the model id.
+
+    ``source`` is the model source recorded for the vectors (the app picks the model indexed from its source)."""
     from engine.store import Library
 
     Library.open(root).close()  # creates the schema
@@ -231,7 +233,7 @@ def synthetic_library(root: Path, n: int, dim: int, checkpoint_hash: str) -> int
     with con:
         con.execute("INSERT INTO folders (id, path, added_at) VALUES (1, '/photos', '2026-01-01T00:00:00')")
         con.execute("INSERT INTO models (id, name, source, checkpoint_hash, dim, patch_size, created_at, revision) "
-                    "VALUES (1, 'vits14', 'vits14.pth', ?, ?, 14, '2026-01-01T00:00:00', 0)", (checkpoint_hash, dim))
+                    "VALUES (1, 'vits14', ?, ?, ?, 14, '2026-01-01T00:00:00', 0)", (source, checkpoint_hash, dim))
         con.executemany(
             "INSERT INTO images (id, folder_id, path, size, mtime_ns, content_hash, width, height, status) "
             "VALUES (?, 1, ?, 3000000, 0, ?, 4000, 3000, 'ok')",
