@@ -243,8 +243,8 @@ class MainWindow(QMainWindow):
         if not self.models.available_locally() and bundled_model() is not None:
             self.models.set_source(bundled_model())  # remembered: the library stays searchable with it
             self.statusBar().showMessage(
-                "The sample photos are indexed with the small demo model bundled with Dinoscope. For real DINOv2 "
-                f"features download {DEFAULT_MODEL} (Model ▸ Models…): the library is indexed again with it", 60000)
+                f"Indexed with the bundled demo model; for DINOv2's features download {DEFAULT_MODEL} (Model ▸ "
+                "Models…)", 60000)
         if self.models.available_locally():
             self.add_folder(str(sample))
         else:
