@@ -13,7 +13,7 @@ Layout choices (measured in bench/maps.py and shared/ENVIRONMENT.md §5):
   code compiles for about 28 s in every new process (it is not cached) before 2 s of real work at 100k points.
   :func:`graph_neighbours` finds the graph with faiss instead (exact up to :data:`EXACT_GRAPH_MAX` points, an
   inverted-file index beyond, recall@15 about 0.96 on bench/maps.py's data, on a par with NN-descent) and hands it
-  to umap-learn as ``precomputed_knn``: a fresh 100k map went from 52.5 s to 22.6 s. Up to 4096 points
+  to umap-learn as ``precomputed_knn``: a fresh 100k map went from 52-65 s to 21-23 s. Up to 4096 points
   umap-learn's own exact search runs, which compiles nothing heavy. On vectors of more than
   :data:`GRAPH_MAX_DIM` dimensions (``pca_dims=None`` on 384-d features) NN-descent stays: there faiss's
   inverted-file search cost 5x more than warm NN-descent (about 22 s against 4 s at 100k).
