@@ -47,10 +47,6 @@ def cluster_library(lib: Library, model_id: int, k: int, niter: int = 20, seed: 
 
     k must be between 1 and the number of photos. The result is deterministic for a given seed and library.
     """
-    import faiss
-
-    from engine.search import faiss_settings
-
     k, niter = int(k), int(niter)
     if niter < 1:
         raise ValueError(f"niter must be at least 1, got {niter}")
@@ -62,23 +58,40 @@ def cluster_library(lib: Library, model_id: int, k: int, niter: int = 20, seed: 
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of photos ({n}), got {k}")
     x = np.ascontiguousarray(index.vectors(), dtype=np.float32)
+    assigned, centroids = spherical_kmeans(x, k, niter=niter, seed=seed, restarts=RESTARTS)
+    labels, centroids = _by_size(assigned, centroids, k)
+    result = _summarise(model_id, k, ids, labels, x, centroids)
+    _store(lib, result)
+    return result
+
+
+def spherical_kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
+                     restarts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster of each row (n,) int64, centroids (k, d) float32) of unit vectors, by cosine.
+
+    FAISS iterates from greedy k-means++ seeds (its own random seeds split well-separated groups), each run on at
+    most k x MAX_POINTS_PER_CENTROID rows, and the best of ``restarts`` runs by FAISS's objective is kept.
+    Deterministic for a given seed. ``1 <= k <= n`` is the caller's to check.
+    """
+    import faiss
+
+    from engine.search import faiss_settings
+
+    n = len(x)
     rng = np.random.default_rng(seed)
     best = None
     with faiss_settings(None):
-        for restart in range(RESTARTS if k > 1 else 1):
+        for restart in range(restarts if k > 1 else 1):
             train = x if n <= k * MAX_POINTS_PER_CENTROID else x[np.sort(rng.choice(n, k * MAX_POINTS_PER_CENTROID,
                                                                                       replace=False))]
-            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed * RESTARTS + restart, spherical=True,
+            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed * restarts + restart, spherical=True,
                               verbose=False, min_points_per_centroid=1, max_points_per_centroid=n + 1)
             km.train(train, init_centroids=kmeans_pp(train, k, rng))
             if best is None or km.obj[-1] > best.obj[-1]:  # inner-product objective: higher is better
                 best = km
         assert best is not None
         _, assigned = best.index.search(x, 1)
-    labels, centroids = _by_size(assigned[:, 0].astype(np.int64), np.asarray(best.centroids, np.float32), k)
-    result = _summarise(model_id, k, ids, labels, x, centroids)
-    _store(lib, result)
-    return result
+    return assigned[:, 0].astype(np.int64), np.asarray(best.centroids, np.float32)
 
 
 def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, sample: int = 50_000) -> np.ndarray:

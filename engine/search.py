@@ -105,9 +105,10 @@ BATCHED = 20  # what engine.store.vectors sets for batched flat search
 
 
 @contextlib.contextmanager
-def faiss_settings(n_queries: int | None = None) -> Iterator[int]:
+def faiss_settings(n_queries: int | None = None, threads: int | None = None) -> Iterator[int]:
     """Run FAISS with the threads and distance path that suit `n_queries` (None: batched work); yields the
-    thread count and restores both settings afterwards.
+    thread count and restores both settings afterwards. `threads` overrides the thread count (a worker that has
+    the machine to itself, such as a map fit, takes every core).
 
     Threads: fewer than 20 queries take one thread, since FAISS splits a scan by query and a lone query has
     nothing to give a second thread but the cost of waking it (libgomp keeps this per calling thread).
@@ -119,7 +120,8 @@ def faiss_settings(n_queries: int | None = None) -> Iterator[int]:
     """
     import faiss
 
-    threads = 1 if n_queries is not None and n_queries < SMALL_BATCH else batch_threads()
+    if threads is None:
+        threads = 1 if n_queries is not None and n_queries < SMALL_BATCH else batch_threads()
     threshold = SEQUENTIAL if n_queries == 1 else BATCHED
     before = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
     faiss.omp_set_num_threads(threads)

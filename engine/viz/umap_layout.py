@@ -181,6 +181,8 @@ def graph_neighbours(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np
     """
     import faiss
 
+    from engine.search import faiss_settings
+
     n, d = x.shape
     ip = metric == "cosine"
     flat = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
@@ -191,7 +193,7 @@ def graph_neighbours(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np
                                    faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
         index.cp.seed = 1234  # the same graph, so the same map, for the same vectors
         index.nprobe = 12
-    with _faiss_blas(), _faiss_threads(os.cpu_count() or 1):
+    with faiss_settings(None, threads=os.cpu_count() or 1):
         if not index.is_trained:
             index.train(x)
         index.add(x)
@@ -226,9 +228,11 @@ def _exact_neighbours(reference: np.ndarray, queries: np.ndarray, k: int, metric
     """(indices int32, distances float32) of the k nearest reference rows, in umap-learn's distance units."""
     import faiss
 
+    from engine.search import faiss_settings
+
     index = faiss.IndexFlatIP(reference.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(reference.shape[1])
     index.add(reference)
-    with _faiss_blas():
+    with faiss_settings(len(queries), threads=os.cpu_count() or 1):
         scores, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     dists = 1.0 - scores if metric == "cosine" else np.sqrt(np.maximum(scores, 0.0))
     return indices.astype(np.int32), np.maximum(dists, 0.0).astype(np.float32)
@@ -299,33 +303,6 @@ def _quiet():
         yield
 
 
-@contextlib.contextmanager
-def _faiss_threads(n: int):
-    """faiss's OpenMP thread count for one call (a process-wide setting, restored afterwards)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _faiss_blas():
-    """faiss takes its BLAS path only for batches above this many queries (128000 by default in 1.15, 5-7x slower
-    for batched search; ENVIRONMENT.md §4). Lowered for the duration of one call, as it is a process-wide setting."""
-    import faiss
-
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
-
-
 # ------------------------------------------------------------------------------------------------ quality, clusters
 def knn_agreement(coords: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
     """Mean share of each point's ``k`` nearest 2-D neighbours that carry its label (1.0: clusters kept whole)."""
@@ -353,12 +330,9 @@ def knn_agreement(coords: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
 def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0) -> np.ndarray:
     """Spherical k-means (cosine) cluster of each vector, ``(N,)`` int64 in ``[0, k)``; k is capped at N.
 
-    FAISS iterates from greedy k-means++ seeds: with its default random seeds, 20 well-separated groups of 30
-    unit vectors were recovered in 0 of 20 runs (5 groups: 5 of 20), with these seeds in every run tested.
+    engine.clusters.spherical_kmeans on arrays (one run): the same k-means the ``cluster`` command uses.
     """
-    import faiss
-
-    from engine.clusters import kmeans_pp
+    from engine.clusters import spherical_kmeans
 
     x = _prepare(vectors)
     if k < 1:
@@ -368,15 +342,7 @@ def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0)
     k = min(k, len(x))
     if k == 1:
         return np.zeros(len(x), np.int64)
-    rng = np.random.default_rng(seed)
-    seeds = kmeans_pp(x, k, rng)
-    # faiss trains on a sample of at most 256 points per centroid; enough for a map's colours.
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                    min_points_per_centroid=1)  # small libraries: no FAISS warning
-    with _faiss_blas():
-        km.train(x, init_centroids=seeds)
-        _, assign = km.index.search(x, 1)
-    return assign[:, 0].astype(np.int64)
+    return spherical_kmeans(x, k, niter=niter, seed=seed)[0]
 
 
 # ---------------------------------------------------------------------------------------------------- persistence
