@@ -27,7 +27,6 @@ take faiss's BLAS path (3-5x slower).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -683,10 +682,6 @@ def _region_files(lib: Library, model_id: int) -> dict[str, Path]:
     return {"faiss": base.with_suffix(".faiss"), "stamp": base.with_suffix(".json")}
 
 
-def _ids_checksum(ids: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(ids, dtype="<i8").tobytes(), digest_size=16).hexdigest()
-
-
 class RegionIndex:
     """Every region vector of one model (21 per photo), keyed image_id * 32 + region, exact inner product."""
 
@@ -747,12 +742,14 @@ class RegionIndex:
         library lock is free; an indexer running elsewhere leaves it in memory only)."""
         import faiss
 
+        from engine.store.vectors import ids_checksum
+
         revision, dim, image_ids = _region_state(lib, model_id)
         files = _region_files(lib, model_id)
         try:
             stamp = json.loads(files["stamp"].read_text())
             expected = {"format": REGION_STAMP_FORMAT, "revision": revision, "dim": dim, "images": len(image_ids),
-                        "ids_checksum": _ids_checksum(image_ids), "faiss_bytes": files["faiss"].stat().st_size}
+                        "ids_checksum": ids_checksum(image_ids), "faiss_bytes": files["faiss"].stat().st_size}
             stale = [key for key, value in expected.items() if stamp.get(key) != value]
             if not stale:
                 index = faiss.read_index(str(files["faiss"]))
@@ -825,6 +822,8 @@ def _write_region_files(lib: Library, model_id: int, index: faiss.Index, revisio
     """Temp file, fsync, rename; the stamp last. A failure (a full disk) only costs the cache: logged, not raised."""
     import faiss
 
+    from engine.store.vectors import ids_checksum
+
     files = _region_files(lib, model_id)
     temps = {name: path.with_name(f".{path.name}.{os.getpid()}.tmp") for name, path in files.items()}
     try:
@@ -833,7 +832,7 @@ def _write_region_files(lib: Library, model_id: int, index: faiss.Index, revisio
             stale.unlink(missing_ok=True)
         _write_synced(temps["faiss"], lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
         stamp = {"format": REGION_STAMP_FORMAT, "model_id": model_id, "revision": revision, "dim": dim,
-                 "images": len(image_ids), "ids_checksum": _ids_checksum(image_ids),
+                 "images": len(image_ids), "ids_checksum": ids_checksum(image_ids),
                  "faiss_bytes": temps["faiss"].stat().st_size}
         _write_synced(temps["stamp"], lambda f: f.write(json.dumps(stamp, indent=1).encode()))
         os.replace(temps["faiss"], files["faiss"])

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_write
 from engine.viz.pca import PcaBasis, fit_pca
 
 __all__ = [
@@ -348,23 +349,12 @@ def kmeans_clusters(vectors: np.ndarray, k: int, niter: int = 20, seed: int = 0)
 # ---------------------------------------------------------------------------------------------------- persistence
 def save_layout(layout: Layout, folder: str | os.PathLike) -> Path:
     """Write the layout to ``folder/layout.npz`` atomically (temp file, fsync, rename); plain arrays, no pickle."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CACHE_NAME
+    path = Path(folder) / CACHE_NAME
     meta = {"format": _CACHE_FORMAT, "metric": layout.metric, "method": layout.method, "params": layout.params}
     arrays = {"coords": layout.coords, "reference": layout.reference, "meta": np.array(json.dumps(meta))}
     if layout.pca is not None:
         arrays.update(pca_mean=layout.pca.mean, pca_axes=layout.pca.axes, pca_variance=layout.pca.variance)
-    tmp = folder / f".{CACHE_NAME}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_layout(folder: str | os.PathLike) -> Layout:
