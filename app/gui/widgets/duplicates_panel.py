@@ -28,21 +28,19 @@ from app.gui.thumbnails import ThumbnailCache
 from app.gui.workers import Task, TaskCancelled, TaskRunner
 
 
-def _find_task(report, cancelled, library_root: str, model_source: str, near: float, scene: float):
+def _find_task(report, cancelled, lib, model_source: str, near: float, scene: float):
+    """``lib`` is the window's open Library: its in-memory vector index serves every panel (see search_panel)."""
     from engine import dedup
-    from engine.store import Library
 
-    with Library.open(library_root) as lib:
-        model = lib.model_by_source(model_source)
-        if model is None:
-            raise ValueError(f"this library is not indexed with {model_source} yet")
-        try:
-            groups = dedup.find_duplicates(lib, model.id, near=near, scene=scene,
-                                           progress=lambda d, t: report(d, t, "Comparing photos…"),
-                                           cancel=cancelled)
-        except dedup.Cancelled as e:
-            raise TaskCancelled() from e
-        paths = {r.id: r for r in lib.images(status="ok")}
+    model = lib.model_by_source(model_source)
+    if model is None:
+        raise ValueError(f"this library is not indexed with {model_source} yet")
+    try:
+        groups = dedup.find_duplicates(lib, model.id, near=near, scene=scene,
+                                       progress=lambda d, t: report(d, t, "Comparing photos…"), cancel=cancelled)
+    except dedup.Cancelled as e:
+        raise TaskCancelled() from e
+    paths = {i: r for g in groups for i in g.image_ids if (r := lib.image(i)) is not None}  # grouped photos only
     return groups, paths
 
 
@@ -112,7 +110,7 @@ class DuplicatesPanel(QWidget):
         lib = self.libraries.library
         if lib is None:
             return None
-        task = Task(_find_task, str(lib.root), self.models.source, self.near.value(), self.scene.value(),
+        task = Task(_find_task, lib, self.models.source, self.near.value(), self.scene.value(),
                     name="duplicates")
         task.signals.finished.connect(self._show)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot look for duplicates", m))

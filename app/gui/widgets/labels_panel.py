@@ -23,15 +23,14 @@ from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.workers import Task, TaskRunner
 
 
-def _suggest_task(report, cancelled, library_root: str, model_source: str, method: str):
+def _suggest_task(report, cancelled, lib, model_source: str, method: str):
+    """``lib`` is the window's open Library: its in-memory vector index serves every panel (see search_panel)."""
     from engine import labels
-    from engine.store import Library
 
-    with Library.open(library_root) as lib:
-        model = lib.model_by_source(model_source)
-        if model is None:
-            raise ValueError(f"this library is not indexed with {model_source} yet; add a folder or re-index first")
-        return labels.suggest(lib, model.id, method=method)
+    model = lib.model_by_source(model_source)
+    if model is None:
+        raise ValueError(f"this library is not indexed with {model_source} yet; add a folder or re-index first")
+    return labels.suggest(lib, model.id, method=method)
 
 
 class LabelsPanel(QWidget):
@@ -87,7 +86,7 @@ class LabelsPanel(QWidget):
         lib = self.libraries.library
         if lib is None:
             return None
-        task = Task(_suggest_task, str(lib.root), self.models.source, self.method.currentData(), name="labels")
+        task = Task(_suggest_task, lib, self.models.source, self.method.currentData(), name="labels")
         task.signals.finished.connect(self._show)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot suggest labels", m))
         self.status.emit("Suggesting labels…")

@@ -11,20 +11,19 @@ from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.workers import Task, TaskRunner
 
 
-def _map_task(report, cancelled, library_root: str, model_source: str, refit: bool, quick: bool):
-    from engine.store import Library
+def _map_task(report, cancelled, lib, model_source: str, refit: bool, quick: bool):
+    """``lib`` is the window's open Library: its in-memory vector index serves every panel (see search_panel)."""
     from engine.viz.library_map import load_map, quick_layout, update_map
 
-    with Library.open(library_root) as lib:
-        model = lib.model_by_source(model_source)
-        if model is None:
-            raise ValueError(f"this library is not indexed with {model_source} yet")
-        if quick:
-            stored = load_map(lib, model.id)
-            if len(stored.ids):
-                return stored, "stored"
-            return quick_layout(lib, model.id), "pca"
-        return update_map(lib, model.id, refit=refit, progress=lambda m: report(0, 0, m)), "umap"
+    model = lib.model_by_source(model_source)
+    if model is None:
+        raise ValueError(f"this library is not indexed with {model_source} yet")
+    if quick:
+        stored = load_map(lib, model.id)
+        if len(stored.ids):
+            return stored, "stored"
+        return quick_layout(lib, model.id), "pca"
+    return update_map(lib, model.id, refit=refit, progress=lambda m: report(0, 0, m)), "umap"
 
 
 class MapPanel(QWidget):
@@ -87,7 +86,7 @@ class MapPanel(QWidget):
         if lib is None:
             return None
         self._paths = dict(lib.image_paths(status="ok"))
-        task = Task(_map_task, str(lib.root), self.models.source, refit, quick, name="map")
+        task = Task(_map_task, lib, self.models.source, refit, quick, name="map")
         task.signals.finished.connect(self._show)
         task.signals.progress.connect(lambda _d, _t, text: self.state.setText(text))
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Cannot draw the map", m))
