@@ -174,6 +174,7 @@ class MainWindow(QMainWindow):
 
         panel = TrainingPanel(self.libraries)
         panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        panel.error.connect(self.error)
         panel.use_model.connect(self.use_trained_model)
         self.libraries.opened.connect(lambda _lib: panel.refresh_sources())
         panel.refresh_sources()

@@ -39,3 +39,25 @@ def test_start_plot_stop_resume_use(qtbot, tmp_path: Path, skimage_data_dir: Pat
     with qtbot.waitSignal(panel.use_model) as used:
         panel.use_button.click()
     assert used.args == [str(run / "teacher_backbone.pt")]
+
+
+def test_bundled_app_starts_its_console_launcher_and_a_failed_start_says_why(qtbot, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """In the PyInstaller bundle sys.executable is the app itself: training runs `dinoscope-cli train` beside it.
+    A launcher that cannot start frees the buttons and reports the cause instead of waiting forever."""
+    bundle = tmp_path / "dinoscope"
+    bundle.mkdir()
+    monkeypatch.setattr("sys.frozen", True, raising=False)
+    monkeypatch.setattr("sys.executable", str(bundle / "dinoscope"))
+    libraries = LibraryService(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    panel = TrainingPanel(libraries)
+    qtbot.addWidget(panel)
+    panel.data.setEditText(str(tmp_path))
+    panel.out.setText(str(tmp_path / "run"))
+    assert panel.command(resume=False)[:2] == [str(bundle / "dinoscope"), "train"]  # no launcher beside it yet
+    (bundle / "dinoscope-cli").write_text("not a program")  # present but not executable: cannot start
+    assert panel.command(resume=False)[:2] == [str(bundle / "dinoscope-cli"), "train"]
+    with qtbot.waitSignal(panel.error, timeout=10000) as failed:
+        panel.start()
+    assert "Could not start the trainer" in failed.args[1] and "dinoscope-cli" in failed.args[1]
+    assert panel.process is None and panel.start_button.isEnabled()

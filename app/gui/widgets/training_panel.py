@@ -33,6 +33,15 @@ LOSS_KEYS = ["total", "dino_local", "dino_global", "ibot", "koleo"]
 COLOURS = ["#e6e6e6", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 
 
+
+def train_program() -> list[str]:
+    """How to start ``train`` in a child process: ``python -m app`` from a checkout; in the PyInstaller bundle,
+    where sys.executable is the app itself, its console launcher ``dinoscope-cli`` beside it."""
+    if getattr(sys, "frozen", False):
+        cli = Path(sys.executable).with_name("dinoscope-cli" + (".exe" if sys.platform == "win32" else ""))
+        return [str(cli if cli.exists() else sys.executable)]
+    return [sys.executable, "-m", "app"]
+
 class EventTail:
     """Reads the JSON lines appended to a file since the last call; a half-written last line waits."""
 
@@ -60,6 +69,7 @@ class EventTail:
 
 class TrainingPanel(QWidget):
     status = Signal(str)
+    error = Signal(str, str)
     use_model = Signal(str)  # path of the run's teacher backbone
 
     def __init__(self, libraries, parent: QWidget | None = None) -> None:
@@ -159,8 +169,7 @@ class TrainingPanel(QWidget):
             self.data.setEditText(path)
 
     def command(self, resume: bool) -> list[str]:
-        args = [sys.executable, "-m", "app", "train", "--preset", self.preset.currentText(), "--out",
-                self.out.text()]
+        args = [*train_program(), "train", "--preset", self.preset.currentText(), "--out", self.out.text()]
         data = self.data.currentText().strip()
         if data.startswith("library:"):
             args += ["--library", data.removeprefix("library:")]
@@ -190,6 +199,7 @@ class TrainingPanel(QWidget):
         self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         self.process.readyReadStandardOutput.connect(self._read_output)
         self.process.finished.connect(self._finished)
+        self.process.errorOccurred.connect(self._process_error)
         self.log.appendPlainText("$ " + " ".join(cmd[1:]))
         if not resume:
             self.events = []
@@ -204,6 +214,17 @@ class TrainingPanel(QWidget):
         self._update_buttons()
         self.status.emit("Training started" if not resume else "Training resumed")
         return self.process
+
+    def _process_error(self, err: QProcess.ProcessError) -> None:
+        """A trainer that cannot start never sends `finished`: say why and free the buttons."""
+        if err != QProcess.ProcessError.FailedToStart or self.process is None:
+            return
+        message = f"Could not start the trainer ({self.process.program()}): {self.process.errorString()}"
+        self.process = None
+        self.timer.stop()
+        self._update_buttons()
+        self.progress.setText(message)
+        self.error.emit("Training did not start", message)
 
     def stop(self) -> None:
         if self.process is not None:
