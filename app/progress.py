@@ -15,7 +15,8 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _fmt_secs(s: float | None) -> str:
+def fmt_secs(s: float | None) -> str:
+    """Seconds as m:ss or h:mm:ss, "--:--" when unknown (ETAs in progress lines)."""
     if s is None:
         return "--:--"
     s = int(s)
@@ -53,7 +54,7 @@ class ProgressBar:
         if total:
             filled = int(24 * min(done / total, 1.0))
             bar = "[" + "#" * filled + "." * (24 - filled) + f"] {100 * done / total:5.1f}% "
-        line = f"{self.label} {bar}{amount} {speed} ETA {_fmt_secs(eta)}{(' ' + extra) if extra else ''}"
+        line = f"{self.label} {bar}{amount} {speed} ETA {fmt_secs(eta)}{(' ' + extra) if extra else ''}"
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
         else:

@@ -27,7 +27,6 @@ a student head's size comes from `plan_prototypes`, not only from cfg.head.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable
@@ -188,11 +187,6 @@ class DistillMetaArch(nn.Module):
         self.frozen_teacher.eval()
         return self
 
-    def _autocast(self, device: torch.device):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-
     @property
     def do_ibot(self) -> bool:
         return self.cfg.loss.ibot_weight > 0
@@ -317,4 +311,5 @@ class DistillMetaArch(nn.Module):
     # The same per-submodule clipping and student -> EMA update as the SSL loop (the EMA here is the result).
     clip_gradients = SSLMetaArch.clip_gradients
     update_teacher = SSLMetaArch.update_teacher
+    _autocast = SSLMetaArch._autocast
 

@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from app.commands._library import open_with_model
+    from engine.atomic import atomic_write
     from engine.viz.library_map import render_library_map, update_map
 
     try:
@@ -38,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
             print("error: no photos with vectors to map", file=sys.stderr)
             return 2
         picture = render_library_map(lib, model.id, size=(w, h), sample=args.thumbnails)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp.png")
-    Image.fromarray(picture).save(tmp)
-    tmp.replace(args.out)
+    atomic_write(args.out, lambda f: Image.fromarray(picture).save(f, format="PNG"))
     how = "fitted" if m.refitted else (f"{m.placed} placed" if m.placed else "up to date")
     print(f"wrote {args.out}: {len(m.ids)} photos, {len(set(m.clusters.tolist()))} clusters ({how})")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -66,18 +65,12 @@ def _write_png(path: Path, rgb) -> None:
     """Atomic: a temp file in the same folder, fsync, rename; PNG level 1 because 12 MP at level 6 takes seconds."""
     import cv2
 
+    from engine.atomic import atomic_write
+
     ok, buf = cv2.imencode(".png", rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise OSError(f"could not encode {path.name}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: f.write(buf.tobytes()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.progress import fmt_secs
+
 EXAMPLES = """examples:
   python -m app train --preset tiny-cpu --data ~/Pictures --out runs/first
   python -m app train --preset finetune --library default --out runs/ft --set optim.epochs=5
@@ -94,13 +96,6 @@ def _new_config(args: argparse.Namespace):
     return apply_overrides(cfg, args.overrides)
 
 
-def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
-
-
 class _Printer:
     """Turns events into progress lines on stderr."""
 
@@ -126,7 +121,7 @@ class _Printer:
             mem = f" {ev['gpu_mem_gb']:.1f} GB" if ev.get("gpu_mem_gb") is not None else ""
             line = (f"step {ev['step']}/{ev['total_steps']} ep {ev['epoch']} loss {losses['total']:.4f} ({parts}) "
                     f"lr {ev['lr']:.2e} T {ev['teacher_temp']:.3f} "
-                    f"{rate:.1f} img/s {ev['step_time']:.2f} s/step{mem} ETA {_fmt_eta(eta)}")
+                    f"{rate:.1f} img/s {ev['step_time']:.2f} s/step{mem} ETA {fmt_secs(eta)}")
         elif kind == "checkpoint":
             line = f"checkpoint: {ev['path']}"
         elif kind == "skipped":
