@@ -637,11 +637,14 @@ def search_regions(
 
 def _regions_subset(lib: Library, model_id: int, q: np.ndarray, allowed: np.ndarray, k: int):
     """Score a narrow filter's members straight from their stored region vectors."""
-    with lib.session() as s:
-        from engine.store.schema import Region
+    from engine.store.schema import Region
 
-        have = np.array(sorted(s.scalars(select(Region.image_id).where(
-            Region.model_id == model_id, Region.image_id.in_(allowed.tolist())))), np.int64)
+    ids, found = allowed.tolist(), []
+    with lib.session() as s:
+        for start in range(0, len(ids), 500):  # SQLite takes at most 32766 bound values per statement
+            found += s.scalars(select(Region.image_id).where(Region.model_id == model_id,
+                                                             Region.image_id.in_(ids[start : start + 500])))
+    have = np.array(sorted(found), np.int64)
     if len(have) == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
     vecs = with_whole(lib.regions(model_id, have.tolist()))
