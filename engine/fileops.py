@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -19,15 +19,26 @@ def free_name(dest: Path, name: str) -> Path:
     return target
 
 
-def copy_files(paths: Iterable[str | os.PathLike], dest: str | os.PathLike) -> list[Path]:
-    """Copy photos into a folder; a name already there gets " (2)", " (3)"... appended."""
+def copy_files(paths: Iterable[str | os.PathLike], dest: str | os.PathLike,
+               progress: Callable[[int, int], None] | None = None,
+               cancel: Callable[[], bool] | None = None) -> list[Path]:
+    """Copy photos into a folder; a name already there gets " (2)", " (3)"... appended.
+
+    ``progress(done, total)`` follows the copies; when ``cancel()`` turns true the copying stops between files
+    and the ones already copied are returned (each copy is whole: shutil.copy2 of one file at a time).
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
     out = []
-    for p in map(Path, paths):
+    for p in paths:
+        if cancel is not None and cancel():
+            break
         target = free_name(dest, p.name)
         shutil.copy2(p, target)
         out.append(target)
+        if progress is not None:
+            progress(len(out), len(paths))
     return out
 
 

@@ -101,6 +101,10 @@ def test_export_csv_and_json_and_copy(library, tmp_path: Path) -> None:
     again = copy_files(paths, tmp_path / "out")  # same names: nothing overwritten
     assert len(list((tmp_path / "out").iterdir())) == 4
     assert again[0].name.endswith(" (2).jpg") and first[0].read_bytes() == again[0].read_bytes()
+    steps: list[tuple[int, int]] = []
+    partial = copy_files(paths, tmp_path / "part", progress=lambda d, t: steps.append((d, t)),
+                         cancel=lambda: len(steps) >= 1)  # cancelled after the first file: one whole copy
+    assert steps == [(1, 2)] and [p.name for p in (tmp_path / "part").iterdir()] == [partial[0].name]
 
 
 def test_knn_vote_matches_a_hand_computation() -> None:

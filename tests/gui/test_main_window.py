@@ -135,3 +135,24 @@ def test_first_start_without_any_model_says_what_to_do(qtbot, tmp_path, monkeypa
     win = _window(qtbot, _settings(tmp_path), sample=True)
     assert "download dinov2_vits14" in win.grid_status.text()
     assert not win.task_bar.isVisible()
+
+
+def test_copy_to_folder_runs_in_the_background_and_reports(qtbot, tmp_path, checkpoint, photos, monkeypatch) -> None:
+    with Library.open("family") as lib:
+        index_library(lib, str(checkpoint), folders=[str(photos)], device="cpu")
+    win = _window(qtbot, _settings(tmp_path, library__name="family", model__source=str(checkpoint)))
+    paths = [it.path for it in win.grid.grid_model().items]
+    task = win.copy_photos(paths, str(tmp_path / "picked"))
+    assert win.task_bar.isVisible()
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=30000)
+    assert task.outcome == "finished" and len(task.result) == 5
+    assert sorted(p.name for p in (tmp_path / "picked").iterdir()) == sorted(Path(p).name for p in paths)
+    assert "Copied 5 of 5 photos" in win.statusBar().currentMessage()
+
+    shown: list[str] = []
+    monkeypatch.setattr(win, "error", lambda title, message: shown.append(f"{title}: {message}"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    task = win.copy_photos(paths, str(blocked))  # the destination cannot be created: a clear error, no crash
+    qtbot.waitUntil(lambda: bool(shown), timeout=30000)
+    assert task.outcome == "failed" and "Copying 5 photos failed" in shown[0] and "a-file" in shown[0]
