@@ -42,3 +42,25 @@ def test_map_tab_shows_pca_then_umap_and_selects(qtbot, tmp_path: Path, skimage_
     chosen = panel.view.select_shape("box", box)
     assert 0 < len(chosen) < 30
     assert panel.grid.grid_model().rowCount() == len(chosen)
+
+
+def test_map_tab_on_a_library_not_indexed_yet_says_so_without_a_dialog(qtbot, tmp_path: Path) -> None:
+    Library.open("empty").close()
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    settings.setValue("library/name", "empty")
+    settings.setValue("model/source", str(tmp_path / "tiny.pth"))
+    win = MainWindow(settings=settings, first_start_sample=False)
+    qtbot.addWidget(win)
+    errors: list[str] = []
+    win.show()
+    win.tabs.setCurrentWidget(win.map_tab)
+    panel = win.map_panel
+    panel.error.disconnect()
+    panel.error.connect(lambda title, msg: errors.append(msg))
+    task = panel.load()
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=30000)
+    qtbot.waitUntil(lambda: "index it to see the map" in panel.state.text(), timeout=5000)
+    assert panel.kind == "unindexed" and not errors
+    task = panel.compute()  # asking for a map explicitly still explains why there is none
+    qtbot.waitUntil(lambda: bool(errors), timeout=30000)
+    assert "not indexed with" in errors[0]

@@ -17,13 +17,16 @@ def _map_task(report, cancelled, lib, model_source: str, refit: bool, quick: boo
 
     model = lib.model_by_source(model_source)
     if model is None:
+        if quick:  # the tab opening on a library not indexed yet: say so in the panel, no dialog
+            return None, "unindexed", {}
         raise ValueError(f"this library is not indexed with {model_source} yet")
+    paths = dict(lib.image_paths(status="ok"))  # for the grid of map selections; read here, off the UI thread
     if quick:
         stored = load_map(lib, model.id)
         if len(stored.ids):
-            return stored, "stored"
-        return quick_layout(lib, model.id), "pca"
-    return update_map(lib, model.id, refit=refit, progress=lambda m: report(0, 0, m)), "umap"
+            return stored, "stored", paths
+        return quick_layout(lib, model.id), "pca", paths
+    return update_map(lib, model.id, refit=refit, progress=lambda m: report(0, 0, m)), "umap", paths
 
 
 class MapPanel(QWidget):
@@ -85,7 +88,6 @@ class MapPanel(QWidget):
         lib = self.libraries.library
         if lib is None:
             return None
-        self._paths = dict(lib.image_paths(status="ok"))
         task = Task(_map_task, lib, self.models.source, refit, quick, name="map")
         task.signals.finished.connect(self._show)
         task.signals.progress.connect(lambda _d, _t, text: self.state.setText(text))
@@ -96,8 +98,11 @@ class MapPanel(QWidget):
         return self.runner.start(task)
 
     def _show(self, result) -> None:
-        m, kind = result
+        m, kind, self._paths = result
         self.kind = kind
+        if m is None:
+            self.state.setText(f"This library has no vectors from {self.models.source} yet: index it to see the map")
+            return
         self.view.set_points(m.ids, m.coords, m.clusters if (m.clusters >= 0).any() else None)
         if kind == "pca":
             self.state.setText(f"{len(m.ids)} photos · quick PCA layout while UMAP computes…")
