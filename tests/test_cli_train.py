@@ -111,6 +111,10 @@ def test_bad_input_exits_2_and_writes_nothing(labelled: Path, tmp_path: Path, ca
     save_backbone(tiny_backbone(), model)
     assert cli("eval", "--model", str(model), "--data", str(labelled / "cat")) == 2
     assert "at least two sub-folders" in capsys.readouterr().err
+    # A missing folder is reported before the model is fetched (no download attempt for a zoo name).
+    assert cli("eval", "--model", "dinov2_vitg14", "--data", str(tmp_path / "nowhere")) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "download" not in err.lower()
 
 
 def test_resume_refuses_to_change_the_run(labelled: Path, tmp_path: Path, capsys):

@@ -250,7 +250,9 @@ class Run:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise RunError(f"{path}: cannot read the checkpoint ({str(e).splitlines()[0] if str(e) else e})") from e
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise RunError(f"{path}: cannot read the checkpoint, the file is corrupt or truncated "
+                           f"({type(e).__name__}{': ' + first if first else ''})") from e
         if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
             raise RunError(f"{path}: not a Dinoscope training checkpoint")
         if obj.get("version", 0) > CHECKPOINT_VERSION:

@@ -32,9 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.models import CheckpointError, load_backbone
     from engine.models.download import DownloadError
-    from trainer.evaluate import evaluate_backbone
+    from trainer.evaluate import evaluate_backbone, labelled_splits
 
     try:
+        labelled_splits(args.data, args.val_fraction, args.seed)  # a bad folder fails before any model download
         bar = ProgressBar(f"loading {args.model}", unit="B")
         model = load_backbone(args.model, progress=lambda d, t: bar.update(d, t))
         bar = ProgressBar("features")
