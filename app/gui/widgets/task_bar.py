@@ -30,22 +30,48 @@ class TaskBar(QWidget):
         for w in (self.label, self.bar, self.eta, self.cancel_button):
             layout.addWidget(w)
         self.cancel_button.clicked.connect(self._cancel)
-        self.task: Task | None = None
+        self.task: Task | None = None  # the task shown: the newest still running
         self._start = 0.0
+        # Every running task, oldest first, with its title, start time and last progress, so that when the shown
+        # one ends the bar goes back to the next (an indexing run keeps its Cancel through a quick search).
+        self._running: list[Task] = []
+        self._state: dict[int, tuple[str, float, tuple[int, int, str] | None]] = {}
         self.hide()
 
     def follow(self, task: Task, title: str) -> None:
-        self.task = task
-        self._start = time.monotonic()
-        self.label.setText(title)
-        self.bar.setRange(0, 0)  # busy until the first report
-        self.eta.setText("")
-        self.cancel_button.setEnabled(True)
-        task.signals.progress.connect(lambda d, t, text, task=task: task is self.task and self._progress(d, t, text))
+        if task.outcome is not None:  # ended before anyone followed it: nothing to show
+            return
+        self._running.append(task)
+        self._state[id(task)] = (title, time.monotonic(), None)
+        task.signals.progress.connect(lambda d, t, text, task=task: self._record(task, d, t, text))
         for sig in (task.signals.finished, task.signals.failed, task.signals.cancelled):
             sig.connect(lambda *_, task=task: self._done(task))
+        self._show_newest()
+
+    def _show_newest(self) -> None:
+        if not self._running:
+            self.task = None
+            self.hide()
+            return
+        task = self._running[-1]
+        title, self._start, last = self._state[id(task)]
+        self.task = task
+        self.label.setText(title)
+        self.bar.setRange(0, 0)  # busy until a report
+        self.eta.setText("")
+        self.cancel_button.setEnabled(not task.is_cancelled())
+        if task.is_cancelled():
+            self.label.setText(title + " — cancelling…")
+        elif last is not None:
+            self._progress(*last)
         self.show()
 
+    def _record(self, task: Task, done: int, total: int, text: str) -> None:
+        if id(task) in self._state:
+            title, start, _ = self._state[id(task)]
+            self._state[id(task)] = (title, start, (done, total, text))
+        if task is self.task:
+            self._progress(done, total, text)
     def _progress(self, done: int, total: int, text: str) -> None:
         if total > 0:
             self.bar.setRange(0, total)
@@ -63,6 +89,9 @@ class TaskBar(QWidget):
             self.label.setText(self.label.text() + " — cancelling…")
 
     def _done(self, task: Task) -> None:
-        if task is self.task:  # an older task ending must not hide the one now shown
-            self.task = None
-            self.hide()
+        if task not in self._running:
+            return
+        self._running.remove(task)
+        self._state.pop(id(task), None)
+        if task is self.task:  # an older task ending leaves the one shown alone
+            self._show_newest()
