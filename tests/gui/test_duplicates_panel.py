@@ -40,10 +40,11 @@ def test_finds_a_duplicate_pair_and_moves_the_copy_away(qtbot, tmp_path: Path, s
     task = panel.find()
     qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
     assert task.outcome == "finished", task.error
+    qtbot.waitUntil(lambda: "groups;" in panel.summary.text(), timeout=5000)  # the result reaches the UI thread
     # Random weights make the looser "scene" tier group unrelated photos; the near-duplicate tier is the test.
     cat_groups = [g for g in panel.groups if g.tier in ("exact", "near")
                   and {Path(panel.records[i].path).name for i in g.image_ids} >= {"cat.jpg", "cat-small.jpg"}]
-    assert len(cat_groups) == 1
+    assert len(cat_groups) == 1, panel.groups
     group = cat_groups[0]
     assert Path(panel.records[group.keeper_id].path).name == "cat.jpg"  # the larger file is kept
     panel.group_list.setCurrentRow(panel.groups.index(group))

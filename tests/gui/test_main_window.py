@@ -147,7 +147,7 @@ def test_copy_to_folder_runs_in_the_background_and_reports(qtbot, tmp_path, chec
     qtbot.waitUntil(lambda: task.outcome is not None, timeout=30000)
     assert task.outcome == "finished" and len(task.result) == 5
     assert sorted(p.name for p in (tmp_path / "picked").iterdir()) == sorted(Path(p).name for p in paths)
-    assert "Copied 5 of 5 photos" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: "Copied 5 of 5 photos" in win.statusBar().currentMessage(), timeout=5000)
 
     shown: list[str] = []
     monkeypatch.setattr(win, "error", lambda title, message: shown.append(f"{title}: {message}"))
