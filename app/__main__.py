@@ -35,7 +35,7 @@ def _gui(files: list[str]) -> int:
               "  python -m app --help", file=sys.stderr)
         return 2
     try:
-        from app.gui.app import run_gui
+        from app.gui.application import run_gui
     except ImportError as e:  # e.g. a bundle or venv without Qt's system libraries
         print(f"error: the window cannot start ({e}); the command line still works: python -m app --help",
               file=sys.stderr)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
+from engine.progress import Cancelled
 from engine.store.schema import Image
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ DB_BLOCK = 16384  # database rows per flat index block (25 MB at D = 384)
 QUERY_BLOCK = 1024  # query rows per range search: bounds one block's result even if everything matches
 
 
-class Cancelled(Exception):
-    """`find_duplicates` was cancelled through its `cancel` callback."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from engine.device import pick_device, pick_dtype
 from engine.models.fuse import fold_layerscale
+from engine.progress import Cancelled
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -51,8 +52,6 @@ class Progress:
         return (self.total - self.done) / self.rate if self.rate > 0 else None
 
 
-class Cancelled(Exception):
-    """Raised out of `Extractor.iter_files` when the cancel callback returns True."""
 
 
 def _quantize_int8(model: torch.nn.Module) -> torch.nn.Module:

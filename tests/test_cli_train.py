@@ -15,7 +15,7 @@ from PIL import Image
 
 from engine.models import load_backbone, save_backbone
 from tests.helpers import tiny_backbone
-from trainer.run import EventLog, Run
+from trainer.run_dir import EventLog, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["optim.batch_size_per_device=4", "crops.n_local=2", "model.depth=2", "optim.epochs=2",

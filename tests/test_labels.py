@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageEnhance
 
 from engine import labels
-from engine.fileops import copy_files, move_files
 from engine.models import DinoVisionTransformer
+from engine.photo_files import copy_files, move_files
 from engine.store import Library
 from engine.store.indexer import index_library
 from tests.helpers import tiny_config

@@ -21,7 +21,7 @@ from engine.models import BackboneConfig, DinoVisionTransformer, load_backbone, 
 from tests.helpers import tiny_config
 from trainer.config import TrainConfig, apply_overrides, preset
 from trainer.loop import LOSS_NAMES, IterationBatches, train
-from trainer.run import EventLog, Run
+from trainer.run_dir import EventLog, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "camera.png",

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import ImageFolderDataset, MultiCropCollator, collate_multicrop, make_dataset
-from trainer.run import Run, RunError
+from trainer.run_dir import Run, RunError
 
 __all__ = [
     "LOSS_NAMES",

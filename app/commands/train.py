@@ -61,7 +61,7 @@ def _source(args: argparse.Namespace) -> str | None:
 def _resume_check(args: argparse.Namespace) -> None:
     """--resume uses the run's config.yaml; options that would change it are refused rather than ignored."""
     from trainer.config import apply_overrides
-    from trainer.run import Run
+    from trainer.run_dir import Run
 
     saved = Run(args.out).load_config()
     problems = []

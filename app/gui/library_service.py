@@ -7,7 +7,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from app.gui.workers import Task, TaskCancelled
+from app.gui.workers import Task
+from engine.progress import Cancelled
 
 
 def _index_task(report, cancelled, library_root: str, folders: list[str], model_source: str, device: str) -> Any:
@@ -25,7 +26,7 @@ def _index_task(report, cancelled, library_root: str, folders: list[str], model_
 
         result = index_library(lib, model_source, device=device, progress=progress, cancel=cancelled)
     if result.cancelled:
-        raise TaskCancelled()
+        raise Cancelled()
     return result
 
 

@@ -43,9 +43,9 @@ SORTS = {"Name": "path", "Date taken": "captured_at", "Date added": "id"}
 
 
 def settings_for_app() -> QSettings:
-    from engine import paths
+    from engine import data_home
 
-    return QSettings(str(paths.home() / "settings.ini"), QSettings.Format.IniFormat)
+    return QSettings(str(data_home.home() / "settings.ini"), QSettings.Format.IniFormat)
 
 
 class MainWindow(QMainWindow):
@@ -434,7 +434,7 @@ class MainWindow(QMainWindow):
 
 
 def _copy_task(report, cancelled, paths: list[str], dest: str):
-    from engine.fileops import copy_files
+    from engine.photo_files import copy_files
 
     return copy_files(paths, dest, progress=lambda done, total: report(done, total, f"Copying {done}/{total}"),
                       cancel=cancelled)

@@ -15,6 +15,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from engine.progress import Cancelled
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +51,7 @@ class Task(QRunnable):
 
         try:
             result = self.fn(report, self.is_cancelled, *self.args, **self.kwargs)
-        except TaskCancelled:
+        except Cancelled:
             self.outcome = "cancelled"
             self.signals.cancelled.emit()
             return
@@ -65,10 +67,6 @@ class Task(QRunnable):
         else:
             self.result, self.outcome = result, "finished"
             self.signals.finished.emit(result)
-
-
-class TaskCancelled(Exception):
-    """Raise from a task function to end it as cancelled."""
 
 
 class TaskRunner(QObject):

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.atomic import fsync_dir
+from engine.progress import Cancelled, ProgressFn
 
 __all__ = ["DownloadCancelled", "DownloadError", "DownloadResult", "ProgressFn", "download_file", "sha256_file"]
 
 USER_AGENT = "dinoscope"
 
-ProgressFn = Callable[[int, int | None], None]
-"""Called as ``progress(bytes_done, bytes_total_or_None)``; ``bytes_done`` includes bytes resumed from a .part."""
+# ProgressFn (engine.progress): progress(bytes_done, bytes_total_or_None); bytes_done includes a resumed .part.
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -39,7 +39,7 @@ class DownloadError(RuntimeError):
     """A download that did not produce the file; the message names the URL, the destination and the cause."""
 
 
-class DownloadCancelled(DownloadError):
+class DownloadCancelled(DownloadError, Cancelled):
     """The caller's ``cancel()`` said stop; the .part is kept so the next call resumes instead of restarting."""
 
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import paths
+from engine import data_home
 from engine.models.config import OFFICIAL_CONFIGS, BackboneConfig
 from engine.models.download import DownloadResult, ProgressFn, download_file
 
@@ -61,7 +61,7 @@ def url(name: str) -> str:
 
 
 def cache_path(name: str) -> Path:
-    return paths.models_dir() / entry(name).filename
+    return data_home.models_dir() / entry(name).filename
 
 
 def _torch_hub_path(name: str) -> Path:

@@ -32,6 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 
 from engine.imageio import ImageDecodeError, ImageInfo, load_rgb, read_info
+from engine.progress import Cancelled
 from engine.store.library import Library, ModelRecord
 from engine.store.regions import pool_regions
 from engine.store.scan import FolderScan, FoundFile, KnownImage, Plan, compare, scan_folders
@@ -333,10 +334,6 @@ class _Writer:
 # ---------------------------------------------------------------------------------------------- the pipeline
 
 
-class _Cancelled(Exception):
-    pass
-
-
 def _known_images(lib: Library, folder_ids: list[int], model_id: int) -> list[KnownImage]:
     with lib.session() as s:
         embedded = set(s.scalars(select(Embedding.image_id).where(Embedding.model_id == model_id)))
@@ -406,7 +403,7 @@ def index_library(
             found[0] += n
             if found[0] % 256 == 0:
                 if cancel is not None and cancel():
-                    raise _Cancelled()
+                    raise Cancelled()
                 if progress is not None:
                     progress(IndexProgress("scan", found[0], None, 0, 0.0, None, None))
 
@@ -414,7 +411,7 @@ def index_library(
             progress(IndexProgress("scan", 0, None, 0, 0.0, None, None))
         try:
             scans = scan_folders([r.path for r in roots], on_file)
-        except _Cancelled:
+        except Cancelled:
             report.cancelled = True
             report.seconds = time.perf_counter() - start
             return report
@@ -517,7 +514,7 @@ class _Run:
 
         def task(job: _Job) -> _Prepared:
             if stop.is_set():
-                raise _Cancelled()
+                raise Cancelled()
             return prepare(job, self.missing_hashes)
 
         pool = ThreadPoolExecutor(max_workers=self.extractor.workers, thread_name_prefix="index-decode")

@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import sessionmaker
 
-from engine import paths
+from engine import data_home
 from engine.store.regions import N_REGIONS
 from engine.store.schema import (
     Embedding,
@@ -261,11 +261,11 @@ class Library:
                 f"{text!r} is not a valid library name (letters, digits, space, '.', '_', '+', '-'; "
                 "at most 64 characters) and not a path"
             )
-        return paths.libraries_dir() / text, text
+        return data_home.libraries_dir() / text, text
 
     @staticmethod
     def list_names() -> list[str]:
-        base = paths.libraries_dir()
+        base = data_home.libraries_dir()
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if (p / DB_NAME).is_file())

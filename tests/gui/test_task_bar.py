@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 
 from app.gui.widgets.task_bar import TaskBar
-from app.gui.workers import Task, TaskCancelled, TaskRunner
+from app.gui.workers import Task, TaskRunner
+from engine.progress import Cancelled
 
 
 def _long(report, cancelled, release: threading.Event):
@@ -14,7 +15,7 @@ def _long(report, cancelled, release: threading.Event):
     while not cancelled():
         if release.wait(0.01):
             return "done"
-    raise TaskCancelled()
+    raise Cancelled()
 
 
 def _short(report, cancelled, go: threading.Event):

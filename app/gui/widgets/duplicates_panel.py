@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.thumbnails import ThumbnailCache
-from app.gui.workers import Task, TaskCancelled, TaskRunner
+from app.gui.workers import Task, TaskRunner
 
 
 def _find_task(report, cancelled, lib, model_source: str, near: float, scene: float):
@@ -35,11 +35,8 @@ def _find_task(report, cancelled, lib, model_source: str, near: float, scene: fl
     model = lib.model_by_source(model_source)
     if model is None:
         raise ValueError(f"this library is not indexed with {model_source} yet")
-    try:
-        groups = dedup.find_duplicates(lib, model.id, near=near, scene=scene,
-                                       progress=lambda d, t: report(d, t, "Comparing photos…"), cancel=cancelled)
-    except dedup.Cancelled as e:
-        raise TaskCancelled() from e
+    groups = dedup.find_duplicates(lib, model.id, near=near, scene=scene,  # raises Cancelled
+                                   progress=lambda d, t: report(d, t, "Comparing photos…"), cancel=cancelled)
     paths = {i: r for g in groups for i in g.image_ids if (r := lib.image(i)) is not None}  # grouped photos only
     return groups, paths
 
@@ -175,7 +172,7 @@ class DuplicatesPanel(QWidget):
             self.move_others(dest, confirm=True)
 
     def move_others(self, dest: str, confirm: bool = True) -> int:
-        from engine.fileops import move_files
+        from engine.photo_files import move_files
 
         others = self.others_in_current_group()
         if not others:

@@ -20,17 +20,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.workers import Task, TaskCancelled, TaskRunner
+from app.gui.workers import Task, TaskRunner
 
 
 def _download(report, cancelled, name: str) -> str:
     from engine.models import zoo
-    from engine.models.download import DownloadCancelled
 
-    try:
-        return str(zoo.download(name, progress=lambda d, t: report(d, t or 0), cancel=cancelled))
-    except DownloadCancelled as e:
-        raise TaskCancelled() from e
+    return str(zoo.download(name, progress=lambda d, t: report(d, t or 0), cancel=cancelled))  # raises Cancelled
 
 
 def _check_checkpoint(report, cancelled, path: str) -> str:

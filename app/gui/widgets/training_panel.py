@@ -159,9 +159,9 @@ class TrainingPanel(QWidget):
         if lib is not None:
             self.data.addItem(f"library:{lib.root}")
             if not self.out.text():
-                from engine import paths
+                from engine import data_home
 
-                self.out.setText(str(paths.home() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")))
+                self.out.setText(str(data_home.home() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")))
 
     def _choose_data(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Photos to train on")

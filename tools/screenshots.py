@@ -1,6 +1,6 @@
 """Screenshots of the real app under Xvfb, as a person sees it: library, a drop, the viewer, the map, duplicates.
 
-    python tests/gui/screenshots.py --out shots/ [--model SOURCE]
+    python tools/screenshots.py --out shots/ [--model SOURCE]
 
 Starts Xvfb when DISPLAY is unset (Debian: apt-get install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1),
 opens the main window on the bundled sample library in a fresh DINOSCOPE_HOME, performs a real drop event with
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 

@@ -11,9 +11,9 @@ START = time.perf_counter()
 
 
 def setup_logging() -> Path:
-    from engine import paths
+    from engine import data_home
 
-    log_dir = paths.home() / "logs"
+    log_dir = data_home.home() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / "dinoscope.log"
     handler = logging.FileHandler(path, encoding="utf-8")
