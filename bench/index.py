@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.store.vectors import vector_index
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import machine, make_photos, save_json, table
@@ -166,7 +168,7 @@ def configure(index, kind: str, nprobe: int, ef: int) -> None:
 def bench_search(args) -> list[dict]:
     import faiss
 
-    from engine.search import faiss_settings
+    from engine.faiss_runtime import faiss_settings
 
     results = []
     print(f"\n## search: clustered synthetic vectors, {args.queries} held-out queries, k=10 ({machine()})",
@@ -248,6 +250,7 @@ def bench_query(args) -> dict:
     import torch
 
     from engine import search
+    from engine.faiss_runtime import faiss_settings
     from engine.extract import Extractor
     from engine.imageio import load_rgb
     from engine.models import build_backbone
@@ -268,7 +271,7 @@ def bench_query(args) -> dict:
         fill_s = time.perf_counter() - t0
         with Library.open(Path(tmp) / "lib", create=False) as lib:
             t0 = time.perf_counter()
-            index = lib.vector_index(model_id)
+            index = vector_index(lib, model_id)
             open_s = time.perf_counter() - t0
             assert index.count == n and index.kind == "flat"
             search.search_by_images(lib, extractor, [photos[0]], k=20, model_id=model_id)  # warm-up
@@ -279,7 +282,7 @@ def bench_query(args) -> dict:
                 t_decoded = time.perf_counter()
                 vector = extractor.embed_tensor(x[None]).cls
                 t_embedded = time.perf_counter()
-                with search.faiss_settings(1):
+                with faiss_settings(1):
                     scores, ids = index.search(vector, 20)
                 t_searched = time.perf_counter()
                 results = search._results(lib, scores[0], ids[0])

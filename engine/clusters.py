@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from engine.store.schema import Cluster, Embedding, StoreError
+from engine.store.vectors import vector_index
 
 if TYPE_CHECKING:
     from engine.store.library import Library
@@ -50,7 +51,7 @@ def cluster_library(lib: Library, model_id: int, k: int, niter: int = 20, seed: 
     k, niter = int(k), int(niter)
     if niter < 1:
         raise ValueError(f"niter must be at least 1, got {niter}")
-    index = lib.vector_index(model_id)
+    index = vector_index(lib, model_id)
     ids = np.asarray(index.ids(), np.int64)
     n = len(ids)
     if n == 0:
@@ -75,7 +76,7 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
     """
     import faiss
 
-    from engine.search import faiss_settings
+    from engine.faiss_runtime import faiss_settings
 
     n = len(x)
     rng = np.random.default_rng(seed)
@@ -169,7 +170,7 @@ def load_clustering(lib: Library, model_id: int, k: int) -> Clustering | None:
     stored = clusters(lib, model_id, k)
     if not stored:
         return None
-    index = lib.vector_index(model_id)
+    index = vector_index(lib, model_id)
     all_ids = np.asarray(index.ids(), np.int64)
     rows = np.flatnonzero(np.isin(all_ids, np.fromiter(stored, np.int64)))
     ids = all_ids[rows]

@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from engine.progress import Cancelled
 from engine.store.schema import Image
+from engine.store.vectors import vector_index
 
 if TYPE_CHECKING:
     from engine.store.library import Library
@@ -122,7 +123,7 @@ def range_pairs(vectors: np.ndarray, radius: float, progress: Callable[[int, int
     """
     import faiss
 
-    from engine.search import faiss_settings
+    from engine.faiss_runtime import faiss_settings
 
     n, dim = vectors.shape
     # FAISS keeps results strictly above the radius; step one float32 down so that a pair at the threshold counts.
@@ -152,9 +153,9 @@ def knn_pairs(lib: Library, model_id: int, ids: np.ndarray, vectors: np.ndarray,
               progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Pairs from the library's approximate index: each photo's KNN nearest neighbours at cosine >= radius."""
-    from engine.search import faiss_settings
+    from engine.faiss_runtime import faiss_settings
 
-    index = lib.vector_index(model_id)
+    index = vector_index(lib, model_id)
     n = len(ids)
     total = -(-n // QUERY_BLOCK)
     for done, q0 in enumerate(range(0, n, QUERY_BLOCK), 1):
@@ -210,7 +211,7 @@ def find_duplicates(
         raise ValueError(f"thresholds must satisfy -1 <= scene <= near <= 1, got scene={scene}, near={near}")
     if min_size < 2:
         raise ValueError(f"min_size must be at least 2, got {min_size}")
-    index = lib.vector_index(model_id)
+    index = vector_index(lib, model_id)
     ids, vectors = index.ids(), index.vectors()
     n = len(ids)
     if n == 0:

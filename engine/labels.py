@@ -21,6 +21,7 @@ from sqlalchemy import delete, select
 
 from engine.atomic import atomic_write_text
 from engine.store.schema import Image, Label
+from engine.store.vectors import library_vectors
 
 METHODS = ("knn", "probe")
 
@@ -77,7 +78,7 @@ def suggest(lib, model_id: int, method: str = "knn", k: int = 20, temperature: f
     """Suggestions for every indexed photo without a user label, most confident first."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose knn or probe")
-    ids, vectors = lib.vectors(model_id)
+    ids, vectors = library_vectors(lib, model_id)
     tagged = {i: tags[0][0] for i, tags in labels(lib, source="user").items()}
     names = sorted(set(tagged.values()))
     if len(names) < 2:

@@ -15,6 +15,7 @@ from PIL import Image
 from engine.models import DinoVisionTransformer
 from engine.store import Library
 from engine.store.indexer import index_library
+from engine.store.vectors import library_vectors
 from tests.helpers import tiny_config
 from trainer.curate import balance_by_cluster, curate, write_list
 
@@ -42,14 +43,14 @@ def library(tmp_path: Path, skimage_data_dir: Path):
 
 
 def _cosines(lib, model_id) -> np.ndarray:
-    _, v = lib.vectors(model_id)
+    _, v = library_vectors(lib, model_id)
     return np.asarray(v) @ np.asarray(v).T
 
 
 def test_self_dedup_keeps_one_photo_per_copy_group(library) -> None:
     lib, model_id = library
     # Threshold between "same photo" and "different photo" on this model, measured rather than assumed.
-    ids, _ = lib.vectors(model_id)
+    ids, _ = library_vectors(lib, model_id)
     names = {r.id: Path(r.path).stem.split("_")[0] for r in lib.images(status="ok")}
     c = _cosines(lib, model_id)
     same = np.array([[names[int(a)] == names[int(b)] for b in ids] for a in ids])
@@ -64,7 +65,7 @@ def test_self_dedup_keeps_one_photo_per_copy_group(library) -> None:
 
 def test_seeds_retrieve_their_neighbours(library, tmp_path: Path) -> None:
     lib, model_id = library
-    ids, vectors = lib.vectors(model_id)
+    ids, vectors = library_vectors(lib, model_id)
     seed = np.asarray(vectors)[[0]]
     report = curate(lib, model_id, threshold=1.0, seed_vectors=seed, per_seed=4)
     assert report.stages[-1][1] == 4 and len(report.paths) == 4

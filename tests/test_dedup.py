@@ -22,6 +22,7 @@ from engine.extract import Extractor
 from engine.imageio import load_rgb
 from engine.models import DinoVisionTransformer, build_backbone
 from engine.store import Library, index_library
+from engine.store.vectors import vector_index
 from engine.transforms import eval_transform
 from tests.helpers import tiny_config
 
@@ -182,7 +183,7 @@ def test_an_approximate_index_finds_the_same_groups(duplicates_library, tmp_path
     with Library.open(tmp_path / "lib", create=False) as copy:
         copy.set_setting("ann_threshold", 2)
     with Library.open(tmp_path / "lib", create=False) as fresh:
-        assert fresh.vector_index(model_id).kind == "ivf"
+        assert vector_index(fresh, model_id).kind == "ivf"
         approx = dedup.find_duplicates(fresh, model_id)
     assert [(g.tier, g.image_ids, g.keeper_id) for g in approx] == [(g.tier, g.image_ids, g.keeper_id) for g in flat]
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from engine.store import Library, LibraryBusyError, index_library
-from engine.store.vectors import VectorIndex, file_paths
+from engine.store.vectors import VectorIndex, file_paths, vector_index
 from tests.test_indexer import (
     ROOT,
     assert_index_matches_db,
@@ -190,7 +190,7 @@ def test_a_missing_source_folder_keeps_its_rows(tmp_path: Path, small_photos) ->
         report = index_library(lib, model(), precision="fp32")
         assert report.missing_folders == [str(b.resolve())] and report.deleted == 0 and report.protected == 2
         assert any("folder not found" in w for w in report.warnings)
-        assert lib.images() == rows and lib.vector_index(first.model_id).count == len(rows)
+        assert lib.images() == rows and vector_index(lib, first.model_id).count == len(rows)
         (tmp_path / "unplugged").rename(b)
         back = index_library(lib, model(), precision="fp32")
         assert back.unchanged == len(rows) and back.missing_folders == [] and lib.images() == rows

@@ -25,7 +25,7 @@ from engine.models import DinoVisionTransformer
 from engine.store import Library, index_library
 from engine.store import indexer as indexer_mod
 from engine.store.schema import Embedding, Label, Region, Thumbnail
-from engine.store.vectors import file_paths
+from engine.store.vectors import file_paths, library_vectors, vector_index
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,13 +147,13 @@ def test_indexing_real_photos(tmp_path: Path, small_photos) -> None:
                 assert abs(thumb.width / thumb.height - source.width / source.height) < 0.02
         assert {r.format for r in lib.images()} >= {"JPEG", "PNG", "WEBP"}
 
-        ids, vectors = lib.vectors(report.model_id)
+        ids, vectors = library_vectors(lib, report.model_id)
         assert len(ids) == n
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
         regions = lib.regions(report.model_id, ids)
         assert regions.shape == (n, 20, 128) and regions.dtype == np.float16
         np.testing.assert_allclose(np.linalg.norm(regions.astype(np.float32), axis=-1), 1.0, atol=3e-3)
-        index = lib.vector_index(report.model_id)
+        index = vector_index(lib, report.model_id)
         assert index.kind == "flat" and index.count == n
         assert np.array_equal(index.search(np.asarray(vectors), 1)[1][:, 0], ids)
         assert_index_matches_db(lib, report.model_id)
@@ -223,7 +223,7 @@ def test_changed_moved_and_deleted_files(tmp_path: Path, small_photos) -> None:
         assert embedding_blob(lib, moved_to.id, mid) == blob and lib.thumbnail(moved_to.id) == thumb
         with lib.session() as s:
             assert s.get(Label, (moved_to.id, "astronaut")) is not None
-        assert lib.vector_index(mid).count == total
+        assert vector_index(lib, mid).count == total
 
         # deleted: the row and everything derived from it go; the index shrinks
         gone = lib.image_by_path(files["rocket"])
@@ -233,7 +233,7 @@ def test_changed_moved_and_deleted_files(tmp_path: Path, small_photos) -> None:
         assert lib.image(gone.id) is None
         with lib.session() as s:
             assert s.get(Thumbnail, gone.id) is None and s.get(Region, (mid, gone.id)) is None
-        assert lib.vector_index(mid).count == total - 1
+        assert vector_index(lib, mid).count == total - 1
         assert table_counts(lib) == dict.fromkeys(("images", "thumbnails", "embeddings", "regions"), total - 1)
         assert_index_matches_db(lib, mid)
 
@@ -388,7 +388,7 @@ def test_ctrl_c_then_sigkill_mid_run_then_a_rerun_leaves_a_complete_consistent_l
     after_ctrl_c = ok_rows(db)
     assert 2 <= after_ctrl_c < 40
     with Library.open("L") as lib:
-        assert lib.vector_index(lib.models()[0].id).rebuilt is None  # the cancelled run left it consistent
+        assert vector_index(lib, lib.models()[0].id).rebuilt is None  # the cancelled run left it consistent
 
     # SIGKILL: no chance to clean up at all
     r = signal_when(cmd, env, db, after_ctrl_c + 2, signal.SIGKILL)
@@ -412,7 +412,7 @@ def test_ctrl_c_then_sigkill_mid_run_then_a_rerun_leaves_a_complete_consistent_l
         assert len(per_image) == 40 and {c for _, c in per_image} == {1}
         mid = lib.models()[0].id
         assert_index_matches_db(lib, mid)
-        index = lib.vector_index(mid)
+        index = vector_index(lib, mid)
         assert index.rebuilt is None and index.count == 40
-        ids, vectors = lib.vectors(mid)
+        ids, vectors = library_vectors(lib, mid)
         assert np.array_equal(index.search(np.asarray(vectors), 1)[1][:, 0], ids)

@@ -14,11 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import search
+from engine import faiss_runtime, region_search, search
 from engine.extract import Extractor
 from engine.imageio import ImageDecodeError, load_rgb
 from engine.models import DinoVisionTransformer
-from engine.store import Library, StoreError, index_library
+from engine.store import Library, StoreError, index_cache, index_library
+from engine.store import region_index as region_store
+from engine.store.vectors import library_vectors, vector_index
 from engine.transforms import eval_transform, normalize
 from tests.helpers import tiny_config
 
@@ -147,7 +149,7 @@ def test_scores_are_cosines_to_the_stored_vectors(lib, indexed, tmp_path: Path) 
     vectors, errors = search.embed_queries(model, [query])
     assert errors == [] and vectors.shape == (1, 128)
     results = search.search_by_vectors(lib, model_id, vectors, k=30)
-    all_ids, all_vectors = lib.vectors(model_id)
+    all_ids, all_vectors = library_vectors(lib, model_id)
     expected = all_vectors @ vectors[0]
     assert len(results) == len(all_ids)  # k beyond the library size returns every photo
     for r in results:
@@ -216,7 +218,7 @@ def test_an_approximate_index_gives_the_same_answers(tmp_path: Path, indexed) ->
         exact = search.search_by_library_image(lib, model_id, ids["coffee"], k=5)
         lib.set_setting("ann_threshold", 2)
     with Library.open(tmp_path / "lib", create=False) as lib:  # a fresh handle: the old one caches its index
-        assert lib.vector_index(model_id).kind == "ivf"
+        assert vector_index(lib, model_id).kind == "ivf"
         approx = search.search_by_library_image(lib, model_id, ids["coffee"], k=5)
         assert [r.image_id for r in approx] == [r.image_id for r in exact]
 
@@ -254,13 +256,13 @@ def test_unreadable_queries_are_reported_not_guessed(lib, indexed, tmp_path: Pat
 def test_the_eval_crop_box_is_where_eval_transform_crops() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (256, 400, 3), dtype=np.uint8)  # shorter side 256: no resize, only the crop
-    x0, y0, x1, y1 = search.eval_crop_box(400, 256)
+    x0, y0, x1, y1 = region_search.eval_crop_box(400, 256)
     assert (x0, y0, x1, y1) == (88, 16, 312, 240)
     torch.testing.assert_close(eval_transform(img), normalize(img[int(y0):int(y1), int(x0):int(x1)]))
-    assert search.region_box(400, 256, 0) == (88, 16, 200, 128)  # first 2x2 cell
-    assert search.region_box(400, 256, 19) == (256, 184, 312, 240)  # last 4x4 cell
-    assert search.region_box(400, 256, search.WHOLE) == (88, 16, 312, 240)
-    bx0, by0, bx1, by1 = search.eval_crop_box(1000, 2000)  # a portrait photo at full size
+    assert region_search.region_box(400, 256, 0) == (88, 16, 200, 128)  # first 2x2 cell
+    assert region_search.region_box(400, 256, 19) == (256, 184, 312, 240)  # last 4x4 cell
+    assert region_search.region_box(400, 256, region_store.WHOLE) == (88, 16, 312, 240)
+    bx0, by0, bx1, by1 = region_search.eval_crop_box(1000, 2000)  # a portrait photo at full size
     assert (bx0, by0, bx1, by1) == (62.5, 562.5, 937.5, 1437.5)  # 224/256 of the shorter side, centred
 
 
@@ -277,10 +279,10 @@ def test_a_box_around_an_object_finds_the_photos_that_hold_it(lib, indexed, skim
     query.save(query_path)
     box = cell_box(1, 1)
 
-    rq = search.region_query(extractor(model), query_path, box)
+    rq = region_search.region_query(extractor(model), query_path, box)
     assert rq.view == "crop" and rq.patches == 16 and rq.box == box
 
-    results = search.search_by_region(lib, extractor(model), query_path, box, k=12)
+    results = region_search.search_by_region(lib, extractor(model), query_path, box, k=12)
     cups = {ids[f"cup_{i}"]: cell_box(*CUP_CELLS[i]) for i in range(4)}
     # The coffee photo itself holds the cup too (as a larger part of a bigger picture).
     holders = set(cups) | {ids["coffee"]}
@@ -299,7 +301,7 @@ def test_a_box_around_an_object_finds_the_photos_that_hold_it(lib, indexed, skim
     buf = io.BytesIO()
     query.save(buf, "JPEG", quality=95)
     for source in (buf.getvalue(), np.asarray(query)):
-        again = search.search_by_region(lib, extractor(model), source, box, k=5)
+        again = region_search.search_by_region(lib, extractor(model), source, box, k=5)
         assert {r.image_id for r in again} == holders
 
 
@@ -312,9 +314,9 @@ def test_a_box_outside_the_centre_crop_is_read_from_the_whole_image(lib, indexed
     path = tmp_path / "wide.png"
     wide.save(path)
     box = (330, 100, 386, 156)
-    rq = search.region_query(extractor(model), path, box)
+    rq = region_search.region_query(extractor(model), path, box)
     assert rq.view == "dense" and rq.patches >= 9
-    results = search.search_by_region(lib, extractor(model), path, box, k=5)
+    results = region_search.search_by_region(lib, extractor(model), path, box, k=5)
     assert {r.image_id for r in results} == {ids[f"cup_{i}"] for i in range(4)} | {ids["coffee"]}
 
 
@@ -323,29 +325,29 @@ def test_region_search_honours_filters_and_exclusions(lib, indexed, skimage_data
     ids = ids_by_key(lib, files)
     query = square(skimage_data_dir, "camera.png")
     query.paste(coffee_cup(skimage_data_dir), (16 + CELL, 16 + CELL))
-    rq = search.region_query(model, np.asarray(query), cell_box(1, 1))
-    ranked = search.search_regions(lib, model_id, rq.vector, k=100)
+    rq = region_search.region_query(model, np.asarray(query), cell_box(1, 1))
+    ranked = region_search.search_regions(lib, model_id, rq.vector, k=100)
     assert len(ranked) == len(files)
     order = [r.image_id for r in ranked]
     narrow = [ids["cup_2"], ids["plain_2"], ids["rocket"]]  # scored straight from the stored regions
-    got = search.search_regions(lib, model_id, rq.vector, k=5, filter=narrow)
+    got = region_search.search_regions(lib, model_id, rq.vector, k=5, filter=narrow)
     assert [r.image_id for r in got] == [i for i in order if i in narrow]
     np.testing.assert_allclose([r.score for r in got], [r.score for r in ranked if r.image_id in narrow],
                                atol=2e-3)
     assert got[0].box == cell_box(*CUP_CELLS[2])
-    skipped = search.search_regions(lib, model_id, rq.vector, k=3, exclude_ids=order[:2])
+    skipped = region_search.search_regions(lib, model_id, rq.vector, k=3, exclude_ids=order[:2])
     assert [r.image_id for r in skipped] == order[2:5]
 
 
 def test_bad_boxes_are_refused_with_a_reason(lib, indexed) -> None:
     _, files, model, _ = indexed
     with pytest.raises(ValueError, match="does not cover a pixel"):
-        search.search_by_region(lib, model, files["coffee"], (400, 400, 500, 500), k=3)
+        region_search.search_by_region(lib, model, files["coffee"], (400, 400, 500, 500), k=3)
     with pytest.raises(ValueError, match="four numbers"):
-        search.search_by_region(lib, model, files["coffee"], (1, 2, 3), k=3)
+        region_search.search_by_region(lib, model, files["coffee"], (1, 2, 3), k=3)
     with pytest.raises(ValueError, match="not finite"):
-        search.search_by_region(lib, model, files["coffee"], (0, 0, float("nan"), 5), k=3)
-    tiny = search.region_query(model, files["coffee"], (10, 10, 12, 12))  # smaller than a patch: one patch
+        region_search.search_by_region(lib, model, files["coffee"], (0, 0, float("nan"), 5), k=3)
+    tiny = region_search.region_query(model, files["coffee"], (10, 10, 12, 12))  # smaller than a patch: one patch
     assert tiny.patches == 1
 
 
@@ -357,51 +359,51 @@ def test_the_region_index_is_cached_and_rebuilt_when_the_library_changes(tmp_pat
     src, files, model, model_id = indexed
     shutil.copytree(src, tmp_path / "lib")
     with Library.open(tmp_path / "lib", create=False) as lib:
-        built = search.region_index(lib, model_id)
+        built = region_store.region_index(lib, model_id)
         assert built.images == len(files)
         cached = {p.name for p in lib.vectors_dir.iterdir()}
         assert {f"regions_{model_id}.faiss", f"regions_{model_id}.json"} <= cached
         stamp = json.loads((lib.vectors_dir / f"regions_{model_id}.json").read_text())
         assert stamp["images"] == len(files) and stamp["revision"] == lib.model(model_id).revision
         raw = faiss.read_index(str(lib.vectors_dir / f"regions_{model_id}.faiss"))
-        assert raw.ntotal == len(files) * search.REGIONS_PER_IMAGE
+        assert raw.ntotal == len(files) * region_store.REGIONS_PER_IMAGE
         keys = faiss.vector_to_array(raw.id_map)
         assert set(keys // 32) == set(built.image_ids.tolist()) and set(keys % 32) == set(range(21))
 
     def no_rebuild(*a, **kw):
         raise AssertionError("the cached region index should have been loaded")
 
-    search._REGION_CACHE.clear()  # as in a new process: only the files are left
+    index_cache.forget((tmp_path / "lib").resolve())  # as in a new process: only the files are left
     with Library.open(tmp_path / "lib", create=False) as lib:
-        monkeypatch.setattr(search.RegionIndex, "_build", no_rebuild)
-        assert search.region_index(lib, model_id).images == len(files)
+        monkeypatch.setattr(region_store.RegionIndex, "_build", no_rebuild)
+        assert region_store.region_index(lib, model_id).images == len(files)
         monkeypatch.undo()
 
         extra = tmp_path / "more"
         extra.mkdir()
         square(skimage_data_dir, "coins.png").save(extra / "coins.png")
-        with caplog.at_level(logging.INFO, logger="dinoscope.search"):
+        with caplog.at_level(logging.INFO, logger="dinoscope.store"):
             index_library(lib, model, folders=[extra], precision="fp32")
-            again = search.region_index(lib, model_id)
+            again = region_store.region_index(lib, model_id)
         assert again.images == len(files) + 1
         assert "rebuilding the region index" in caplog.text
 
 
 def test_faiss_settings_suit_the_batch_and_are_restored() -> None:
     before = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
-    with search.faiss_settings(1) as n:  # one query: one thread, faiss's SIMD scan rather than BLAS
+    with faiss_runtime.faiss_settings(1) as n:  # one query: one thread, faiss's SIMD scan rather than BLAS
         assert n == 1 and faiss.omp_get_max_threads() == 1
         assert faiss.cvar.distance_compute_blas_threshold > 1
-    with search.faiss_settings(5) as n:
+    with faiss_runtime.faiss_settings(5) as n:
         assert n == 1 and faiss.cvar.distance_compute_blas_threshold == 20
     assert (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold) == before
-    with search.faiss_settings(None) as n:
-        assert n == search.batch_threads() and faiss.omp_get_max_threads() == n
+    with faiss_runtime.faiss_settings(None) as n:
+        assert n == faiss_runtime.batch_threads() and faiss.omp_get_max_threads() == n
     assert (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold) == before
 
 
 def test_faiss_thread_count_can_be_set_by_environment(monkeypatch) -> None:
     monkeypatch.setenv("DINOSCOPE_FAISS_THREADS", "3")
-    assert search.batch_threads() == 3
+    assert faiss_runtime.batch_threads() == 3
     monkeypatch.setenv("DINOSCOPE_FAISS_THREADS", "lots")
-    assert search.batch_threads() >= 1
+    assert faiss_runtime.batch_threads() >= 1

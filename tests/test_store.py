@@ -18,7 +18,7 @@ from engine.store import schema as schema_mod
 from engine.store.regions import N_REGIONS, pool_regions, region_boxes
 from engine.store.scan import FolderScan, FoundFile, KnownImage, compare, scan_folder
 from engine.store.schema import Embedding, Folder, Image, Label, Model, Region, Thumbnail
-from engine.store.vectors import VectorIndex, file_paths, ids_checksum
+from engine.store.vectors import VectorIndex, file_paths, ids_checksum, library_vectors, vector_index
 
 
 def _db(lib: Library) -> sqlite3.Connection:
@@ -238,7 +238,7 @@ def test_settings_are_validated_and_persist(tmp_path: Path) -> None:
 def test_flat_index_is_exact_keyed_by_image_id_and_written_atomically(tmp_path: Path) -> None:
     with Library.open(tmp_path / "lib") as lib:
         model_id, ids, matrix = add_vectors(lib, 300, dim=32)
-        index = lib.vector_index(model_id)
+        index = vector_index(lib, model_id)
         assert (index.kind, index.count, index.dim) == ("flat", 300, 32)
         assert index.rebuilt == "no index files yet"
         assert np.array_equal(index.ids(), np.sort(ids))
@@ -264,7 +264,7 @@ def test_flat_index_is_exact_keyed_by_image_id_and_written_atomically(tmp_path: 
         again = VectorIndex.open(lib, model_id)  # fresh files are loaded, not rebuilt
         assert again.rebuilt is None and np.array_equal(np.asarray(again.vectors()), on_disk)
         assert {k: p.stat().st_mtime_ns for k, p in files.items()} == mtimes
-        got_ids, got = lib.vectors(model_id)
+        got_ids, got = library_vectors(lib, model_id)
         assert np.array_equal(got_ids, np.sort(ids)) and got.shape == (300, 32)
 
 
@@ -301,7 +301,7 @@ def test_past_the_threshold_an_approximate_index_is_built(tmp_path: Path) -> Non
     with Library.open(tmp_path / "lib") as lib:
         model_id, ids, matrix = add_vectors(lib, 2000, dim=32, clusters=20)
         lib.set_setting("ann_threshold", 1000)
-        index = lib.vector_index(model_id)
+        index = vector_index(lib, model_id)
         assert index.kind == "ivf"
         exact = matrix @ matrix[:50].T
         truth = ids[np.argsort(-exact, axis=0)[:10].T]  # (50, 10)
@@ -332,7 +332,7 @@ def test_a_reader_rebuilds_in_memory_while_another_holds_the_lock(tmp_path: Path
 def test_an_empty_model_searches_to_nothing(tmp_path: Path) -> None:
     with Library.open(tmp_path / "lib") as lib:
         model_id, _, _ = add_vectors(lib, 0)
-        index = lib.vector_index(model_id)
+        index = vector_index(lib, model_id)
         scores, ids = index.search(np.ones((2, 16), np.float32), 4)
         assert index.count == 0 and (ids == -1).all() and np.isneginf(scores).all()
         with pytest.raises(ValueError, match=r"queries must be \(n, 16\)"):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.store.vectors import library_vectors
+
 
 @dataclass
 class CurationReport:
@@ -88,7 +90,7 @@ def curate(lib, model_id: int, *, threshold: float = 0.95, seed_vectors: np.ndar
     """The whole pipeline over one library and model; returns the kept paths and the counts per stage."""
     say = progress or (lambda _msg: None)
     report = CurationReport()
-    ids, vectors = lib.vectors(model_id)
+    ids, vectors = library_vectors(lib, model_id)
     ids = np.asarray(ids, dtype=np.int64)
     vectors = np.asarray(vectors, dtype=np.float32)
     counts = lib.counts()

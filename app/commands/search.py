@@ -1,9 +1,10 @@
 """`python -m app search`: the library photos most like one or several images, or like a box drawn on one.
 
-Query files that are themselves in the library (unchanged since indexing) use their stored vectors and are left
-out of the results; other files are embedded with the library's model, so the model is loaded only when needed.
-Exit codes: 0 ok; 1 some query files could not be read (the others were used); 2 nothing searched (no readable
-query, bad arguments, no such library or model).
+The query is planned and run by `engine.query.run_query`, the same path as the GUI's drops: query files that are
+library photos (by content, wherever the copy lives) use their stored vectors and are left out of the results;
+other files are embedded with the library's model, which is loaded only when needed. Exit codes: 0 ok; 1 some query
+files could not be read (the others were used); 2 nothing searched (no readable query, bad arguments, no such
+library or model).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from app.progress import ProgressBar
 
@@ -43,26 +43,6 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"--region {text}: X1 must exceed X0 and Y1 must exceed Y0")
     return x0, y0, x1, y1
-
-
-def _library_query(lib, model_id: int, path: Path) -> int | None:
-    """The image id when `path` is a library photo whose file is unchanged since it was indexed."""
-    rec = lib.image_by_path(path)
-    if rec is None or rec.status != "ok":
-        return None
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    if st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
-        return None
-    from engine.search import stored_vectors
-
-    try:
-        stored_vectors(lib, model_id, [rec.id])
-    except KeyError:
-        return None
-    return rec.id
 
 
 def load_model(record, source: str | None, device: str):
@@ -101,13 +81,13 @@ def _print(results, as_json: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from app.commands._library import open_with_model
-    from engine.imageio import ImageDecodeError
+    from engine.query import Region, expand_inputs, run_query
     from engine.store import StoreError
 
     if args.k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
         return 2
-    box = None
+    region = None
     if args.region is not None:
         try:
             box = parse_box(args.region)
@@ -117,79 +97,26 @@ def run(args: argparse.Namespace) -> int:
         if len(args.images) != 1:
             print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
             return 2
+        region = Region(args.images[0], box)
+    files, skipped = expand_inputs(args.images) if region is None else ([], [])
     opened = open_with_model(args.library, args.model)
     if opened is None:
         return 2
     lib, record = opened
     with lib:
-        from engine import search
-
-        problems: list[str] = []
-        in_library: list[int] = []
-        to_embed: list[Path] = []
-        for item in args.images:
-            path = Path(item)
-            if not path.is_file():
-                problems.append(f"{item}: {'not a file' if path.exists() else 'no such file'}")
-                continue
-            image_id = None if box is not None else _library_query(lib, record.id, path)
-            if image_id is not None:
-                in_library.append(image_id)
-            else:
-                to_embed.append(path)
-
-        extractor = None
-        if to_embed:
-            from engine.models import CheckpointError
-            from engine.models.download import DownloadError
-
-            try:
-                extractor = load_model(record, args.model, args.device)
-            except (CheckpointError, DownloadError, RuntimeError, ValueError) as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-
         try:
-            if box is not None:
-                if not to_embed:
-                    return _report(problems, used=0)
-                try:
-                    results = search.search_by_region(lib, extractor, to_embed[0], box, k=args.k,
-                                                      model_id=record.id)
-                except ImageDecodeError as e:
-                    problems.append(str(e))
-                    return _report(problems, used=0)
-                except ValueError as e:
-                    print(f"error: {e}", file=sys.stderr)
-                    return 2
-                used = 1
-            else:
-                vectors = []
-                if in_library:
-                    vectors.append(search.stored_vectors(lib, record.id, in_library))
-                if to_embed:
-                    embedded, errors = search.embed_queries(extractor, to_embed)
-                    problems += [message for _, message in errors]
-                    vectors.append(embedded)
-                import numpy as np
-
-                queries = np.concatenate([v for v in vectors if len(v)]) if any(len(v) for v in vectors) else None
-                if queries is None:
-                    return _report(problems, used=0)
-                used = len(queries)
-                try:
-                    results = search.search_by_vectors(lib, record.id, queries, k=args.k, exclude_ids=in_library)
-                except ValueError as e:
-                    print(f"error: {e}", file=sys.stderr)
-                    return 2
-        except StoreError as e:
+            outcome = run_query(lib, lambda: load_model(record, args.model, args.device), files, region=region,
+                                k=args.k, model_id=record.id)
+        except (StoreError, ValueError, RuntimeError) as e:  # bad arguments; a bad checkpoint or failed download
             print(f"error: {e}", file=sys.stderr)
             return 2
-        _print(results, args.json)
-        if not results:
-            print(f"no results: library '{lib.name}' has no other photos under model '{record.name}'",
-                  file=sys.stderr)
-        return _report(problems, used=used)
+        problems = [u.message for u in skipped + outcome.unusable]
+        if outcome.used:
+            _print(outcome.results, args.json)
+            if not outcome.results:
+                print(f"no results: library '{lib.name}' has no other photos under model '{record.name}'",
+                      file=sys.stderr)
+        return _report(problems, used=outcome.used)
 
 
 def _report(problems: list[str], used: int) -> int:

@@ -16,18 +16,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from engine import data_home
+from engine.store import index_cache
 from engine.store.regions import N_REGIONS
 from engine.store.schema import (
     Embedding,
     Folder,
     Image,
+    LibraryBusyError,
     Meta,
     Model,
     Region,
@@ -35,9 +36,6 @@ from engine.store.schema import (
     Thumbnail,
     open_engine,
 )
-
-if TYPE_CHECKING:
-    from engine.store.vectors import VectorIndex
 
 DEFAULT_NAME = "default"
 DB_NAME = "library.db"
@@ -54,14 +52,6 @@ SETTINGS: dict[str, tuple[type, object]] = {
     "ivf_nprobe": (int, 16),
     "hnsw_ef_search": (int, 64),
 }
-
-
-class LibraryBusyError(StoreError):
-    """Another process (or another thread of this one) is indexing the library."""
-
-    def __init__(self, message: str, pid: int | None = None) -> None:
-        super().__init__(message)
-        self.pid = pid
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -233,8 +223,6 @@ class Library:
         self.write_session = sessionmaker(self.engine.execution_options(sqlite_begin="IMMEDIATE"),
                                           expire_on_commit=False)
         self._lock = _FileLock(root / LOCK_NAME, name)
-        self._vector_cache: dict[int, tuple[int, VectorIndex]] = {}
-        self._cache_guard = threading.Lock()
 
     # ------------------------------------------------------------------------------------ open / list / close
     @classmethod
@@ -271,7 +259,7 @@ class Library:
         return sorted(p.name for p in base.iterdir() if (p / DB_NAME).is_file())
 
     def close(self) -> None:
-        self._vector_cache.clear()
+        index_cache.forget(self.root)
         self.engine.dispose()
 
     def __enter__(self) -> Library:
@@ -460,28 +448,6 @@ class Library:
             return None if row is None else ModelRecord.of(row)
 
     # ----------------------------------------------------------------------------------------------- vectors
-    def vector_index(self, model_id: int) -> VectorIndex:
-        """The search index for a model, checked against the database and rebuilt from it when stale."""
-        from engine.store.vectors import VectorIndex
-
-        with self.session() as s:
-            revision = s.scalar(select(Model.revision).where(Model.id == model_id))
-        if revision is None:
-            raise StoreError(f"library '{self.name}' has no model with id {model_id}")
-        with self._cache_guard:
-            cached = self._vector_cache.get(model_id)
-            if cached is not None and cached[0] == revision:
-                return cached[1]
-        index = VectorIndex.open(self, model_id)
-        with self._cache_guard:
-            self._vector_cache[model_id] = (index.revision, index)
-        return index
-
-    def vectors(self, model_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image ids ascending (n,) int64, L2-normalised vectors (n, D) float32), row for row."""
-        index = self.vector_index(model_id)
-        return index.ids(), index.vectors()
-
     def regions(self, model_id: int, image_ids: Iterable[int]) -> np.ndarray:
         """(n, 20, D) float16 region vectors of the given images, in the order given (KeyError for a missing one)."""
         ids = [int(i) for i in image_ids]

@@ -54,6 +54,14 @@ class StoreError(Exception):
     """A library cannot be used as asked; the message says why and what to do."""
 
 
+class LibraryBusyError(StoreError):
+    """Another process (or another thread of this one) is indexing the library."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 class LibraryVersionError(StoreError):
     """The database was written by a newer Dinoscope; it is left untouched."""
 

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +34,17 @@ from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+from sqlalchemy import select
 
-from engine.atomic import fsync_dir
-from engine.store.schema import StoreError
+from engine.atomic import atomic_write_group, remove_stale_temps
+from engine.faiss_runtime import configure_faiss
+from engine.store import index_cache
+from engine.store.schema import LibraryBusyError, Model, StoreError
 
 if TYPE_CHECKING:
     from engine.store.library import Library
 
-# faiss 1.15 defaults to 128000, which keeps batched flat search on the slow non-BLAS path (1M x 384, 100 queries:
-# 2.7 s -> 0.45 s with 20; ENVIRONMENT.md §4). Single queries are unaffected.
-faiss.cvar.distance_compute_blas_threshold = 20
+configure_faiss()
 
 log = logging.getLogger("dinoscope.store")
 
@@ -257,8 +257,6 @@ class VectorIndex:
     def build(cls, lib: Library, model_id: int, reason: str | None = None) -> VectorIndex:
         """Rebuild from the database. Files are written when this thread holds, or can take, the library lock;
         otherwise (an indexer is running elsewhere) the index lives in memory only. Full disk: StoreError."""
-        from engine.store.library import LibraryBusyError
-
         try:
             with lib.lock("rebuild vectors"):
                 return cls._build(lib, model_id, reason, write=True)
@@ -295,12 +293,19 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
     """
     assert snap.matrix is not None
     files = file_paths(lib, snap.model_id)
-    lib.vectors_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(lib.vectors_dir)
-    temps = {name: path.with_name(f".{path.name}.{os.getpid()}.tmp") for name, path in files.items()}
-    try:
-        _write_file(temps["f32"], lambda f: f.write(np.ascontiguousarray(snap.matrix).reshape(-1).view(np.uint8)))
-        _write_file(temps["faiss"], lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
+    remove_stale_temps(lib.vectors_dir, ".model_*.tmp")  # left by a killed writer; the caller holds the lock
+    matrix = np.ascontiguousarray(snap.matrix).reshape(-1).view(np.uint8)
+    faiss_bytes = 0
+
+    def write_index(f) -> None:  # streamed (a 1M x 384 index is 1.5 GB), counting its size for the stamp
+        def chunk(data: bytes) -> None:
+            nonlocal faiss_bytes
+            faiss_bytes += len(data)
+            f.write(data)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(chunk))
+
+    def write_stamp(f) -> None:
         stamp = {
             "format": STAMP_FORMAT,
             "model_id": snap.model_id,
@@ -310,35 +315,38 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
             "max_image_id": int(snap.ids[-1]) if len(snap.ids) else 0,
             "ids_checksum": ids_checksum(snap.ids),
             "kind": kind,
-            "f32_bytes": temps["f32"].stat().st_size,
-            "faiss_bytes": temps["faiss"].stat().st_size,
+            "f32_bytes": int(matrix.nbytes),
+            "faiss_bytes": faiss_bytes,
         }
-        _write_file(temps["stamp"], lambda f: f.write(json.dumps(stamp, indent=1).encode()))
-        for name in ("f32", "faiss", "stamp"):  # the stamp is the commit point
-            os.replace(temps[name], files[name])
-        fsync_dir(lib.vectors_dir)
+        f.write(json.dumps(stamp, indent=1).encode())
+
+    try:
+        atomic_write_group([  # the stamp last: it is the commit point
+            (files["f32"], lambda f: f.write(matrix)),
+            (files["faiss"], write_index),
+            (files["stamp"], write_stamp),
+        ])
     except OSError as exc:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
         if exc.errno in _DISK_FULL:
             raise StoreError(
                 f"disk full while writing the vector index of library '{lib.name}' ({exc.strerror}); the database "
                 "and the previous index files are intact. Free some space and run the indexer again to rebuild it."
             ) from exc
         raise StoreError(f"cannot write the vector index in {lib.vectors_dir}: {exc}") from exc
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
 
 
-def _write_file(path: Path, write) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+def vector_index(lib: Library, model_id: int) -> VectorIndex:
+    """The search index for a model, checked against the database and rebuilt from it when stale; kept in memory
+    (engine.store.index_cache) while the database revision stays the same."""
+    with lib.session() as s:
+        revision = s.scalar(select(Model.revision).where(Model.id == model_id))
+    if revision is None:
+        raise StoreError(f"library '{lib.name}' has no model with id {model_id}")
+    return index_cache.cached_index(lib.root, lib.db_path, "vectors", model_id, revision,
+                                    lambda: VectorIndex.open(lib, model_id))
 
 
-def _remove_stale_temps(folder: Path) -> None:
-    """Temporary files left by a killed writer; safe to remove because the caller holds the library lock."""
-    for tmp in folder.glob(".model_*.tmp"):
-        tmp.unlink(missing_ok=True)
+def library_vectors(lib: Library, model_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids ascending (n,) int64, L2-normalised vectors (n, D) float32), row for row."""
+    index = vector_index(lib, model_id)
+    return index.ids(), index.vectors()

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from engine.store.schema import MapCoord
+from engine.store.vectors import library_vectors
 from engine.viz import umap_layout
 
 
@@ -53,7 +54,7 @@ def update_map(lib, model_id: int, *, refit: bool = False, refit_share: float = 
                progress: Callable[[str], None] | None = None) -> LibraryMap:
     """Bring the stored map up to date with the library's vectors for this model; returns the whole map."""
     say = progress or (lambda _m: None)
-    ids, vectors = lib.vectors(model_id)
+    ids, vectors = library_vectors(lib, model_id)
     ids = np.asarray(ids, dtype=np.int64)
     vectors = np.asarray(vectors, dtype=np.float32)
     stored = load_map(lib, model_id)
@@ -138,7 +139,7 @@ def quick_layout(lib, model_id: int) -> LibraryMap:
     """A PCA projection of the vectors: instant, shown while UMAP (seconds to a minute) computes. Not stored."""
     from engine.viz.pca import fit_pca
 
-    ids, vectors = lib.vectors(model_id)
+    ids, vectors = library_vectors(lib, model_id)
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) == 0:
         return LibraryMap(ids, np.zeros((0, 2), np.float32), np.zeros(0, np.int64))

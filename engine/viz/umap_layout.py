@@ -182,7 +182,7 @@ def graph_neighbours(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np
     """
     import faiss
 
-    from engine.search import faiss_settings
+    from engine.faiss_runtime import faiss_settings
 
     n, d = x.shape
     ip = metric == "cosine"
@@ -229,7 +229,7 @@ def _exact_neighbours(reference: np.ndarray, queries: np.ndarray, k: int, metric
     """(indices int32, distances float32) of the k nearest reference rows, in umap-learn's distance units."""
     import faiss
 
-    from engine.search import faiss_settings
+    from engine.faiss_runtime import faiss_settings
 
     index = faiss.IndexFlatIP(reference.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(reference.shape[1])
     index.add(reference)
