@@ -250,8 +250,8 @@ def bench_query(args) -> dict:
     import torch
 
     from engine import search
-    from engine.faiss_runtime import faiss_settings
     from engine.extract import Extractor
+    from engine.faiss_runtime import faiss_settings
     from engine.imageio import load_rgb
     from engine.models import build_backbone
     from engine.store import Library
