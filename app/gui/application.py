@@ -25,7 +25,6 @@ def setup_logging() -> Path:
 
 
 def run_gui(files: list[str] | None = None) -> int:
-    from PySide6.QtCore import QTimer
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
@@ -42,5 +41,5 @@ def run_gui(files: list[str] | None = None) -> int:
     window.show()
     logging.getLogger(__name__).info("main window shown %.2f s after start", time.perf_counter() - START)
     if files:
-        QTimer.singleShot(0, lambda: window.search_files([Path(f) for f in files]))
+        window.search_on_start([Path(f) for f in files])  # after the library opens (and, first time, is indexed)
     return app.exec()

@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QDockWidget,
     QFileDialog,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.drops import Dropped, read_mime
 from app.gui.library_service import LibraryService
 from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
 from app.gui.thumbnails import ThumbnailCache
@@ -29,6 +31,7 @@ from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
 from app.gui.widgets.lazy_tab import LazyTab
 from app.gui.widgets.library_panel import LibraryPanel
+from app.gui.widgets.panel import Panel, TaskPanel
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
 from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
@@ -37,8 +40,6 @@ from app.gui.workers import Task, TaskRunner
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif",
-                  ".avif"}
 SORTS = {"Name": "path", "Date taken": "captured_at", "Date added": "id"}
 
 
@@ -88,26 +89,25 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.viewer, "Photo")
         self.labels_panel = LabelsPanel(self.models, self.libraries, self.runner, self.thumbs)
         self.tabs.addTab(self.labels_panel, "Labels")
-        self.labels_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
-        self.labels_panel.error.connect(self.error)
-        self.labels_panel.task_started.connect(self.task_bar.follow)
+        self.connect_panel(self.labels_panel)
         self.duplicates_panel = DuplicatesPanel(self.models, self.libraries, self.runner, self.thumbs)
         self.tabs.addTab(self.duplicates_panel, "Duplicates")
-        self.duplicates_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
-        self.duplicates_panel.error.connect(self.error)
-        self.duplicates_panel.task_started.connect(self.task_bar.follow)
+        self.connect_panel(self.duplicates_panel)
         self.duplicates_panel.files_moved.connect(lambda _n: self.reindex())
         self.map_tab = LazyTab(self._make_map_panel)
         self.tabs.addTab(self.map_tab, "Map")
         self.training_tab = LazyTab(self._make_training_panel)
         self.tabs.addTab(self.training_tab, "Training")
-        self.grid.doubleClicked.connect(self._open_from_grid)
-        self.search_panel.open_photo.connect(self.open_photo)
-        self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
-        self.search_panel.error.connect(self.error)
-        self.search_panel.task_started.connect(self.task_bar.follow)
+        self.grid.activated.connect(self._open_from_grid)  # double-click, or Enter on the selected photo
+        self.search_panel.open_photo.connect(
+            lambda path, paths: self.open_photo(path, _near(paths, path), paths))
+        self.connect_panel(self.search_panel)
         self.viewer.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.viewer.region_search.connect(self._search_region)
+        self._sequence: list[str] = []  # the list the viewer's photo came from (Left/Right walk it)
+        self._return_tab: QWidget = self.browse  # where Escape in the viewer goes back to
+        self._pending_files: list[Path] = []  # "Open with Dinoscope": searched once the library is ready
+        self._indexing: Task | None = None
 
         # Bottom: model and device, running task.
         self.model_label = QPushButton()
@@ -121,6 +121,7 @@ class MainWindow(QMainWindow):
         self._update_model_label()
 
         self._make_menu()
+        self._make_shortcuts()
         self.libraries.opened.connect(lambda _lib: self.refresh_library())
         if open_library_now:
             self._open_start_library()
@@ -156,9 +157,7 @@ class MainWindow(QMainWindow):
         from app.gui.widgets.map_panel import MapPanel
 
         panel = MapPanel(self.models, self.libraries, self.runner, self.thumbs)
-        panel.task_started.connect(self.task_bar.follow)
-        panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
-        panel.error.connect(self.error)
+        self.connect_panel(panel)
         panel.open_photo.connect(lambda i: self.open_photo(self.libraries.library.image(i).path))
         self.libraries.opened.connect(lambda _lib: panel.load())
         self.search_panel.results_changed.connect(panel.show_search)
@@ -173,8 +172,7 @@ class MainWindow(QMainWindow):
         from app.gui.widgets.training_panel import TrainingPanel
 
         panel = TrainingPanel(self.libraries)
-        panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
-        panel.error.connect(self.error)
+        self.connect_panel(panel)
         panel.use_model.connect(self.use_trained_model)
         self.libraries.opened.connect(lambda _lib: panel.refresh_sources())
         panel.refresh_sources()
@@ -183,6 +181,13 @@ class MainWindow(QMainWindow):
     @property
     def training_panel(self):
         return self.training_tab.ensure()
+
+    def connect_panel(self, panel: Panel | TaskPanel) -> None:
+        """Wire a panel's status line, errors and long tasks to the window (the one panel interface)."""
+        panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        panel.error.connect(self.error)
+        if hasattr(panel, "task_started"):
+            panel.task_started.connect(self.task_bar.follow)
 
     def event(self, event) -> bool:
         if not self._shown and event.type() == QEvent.Type.Paint:
@@ -197,17 +202,30 @@ class MainWindow(QMainWindow):
         self.runner.start(probe)
         if self.libraries.library is None:
             self._open_start_library()
+        self._search_pending()
 
     def _make_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         add = QAction("&Add folder…", self)
         add.setShortcut(QKeySequence("Ctrl+O"))
-        add.triggered.connect(self.library_panel._choose_folder)
+        add.triggered.connect(self.library_panel.choose_folder)
         file_menu.addAction(add)
         quit_ = QAction("&Quit", self)
         quit_.setShortcut(QKeySequence.StandardKey.Quit)
         quit_.triggered.connect(self.close)
         file_menu.addAction(quit_)
+        edit_menu = self.menuBar().addMenu("&Edit")
+        paste = QAction("&Paste as query", self)
+        paste.setShortcut(QKeySequence.StandardKey.Paste)
+        paste.setToolTip("Search by the photos or the image on the clipboard (from any tab)")
+        paste.triggered.connect(lambda: self.paste())
+        edit_menu.addAction(paste)
+        paste_add = QAction("&Add pasted to query", self)
+        paste_add.setShortcut(QKeySequence("Ctrl+Shift+V"))
+        paste_add.triggered.connect(lambda: self.paste(add=True))
+        edit_menu.addAction(paste_add)
+        for action in (paste, paste_add):  # keep working with the menu bar hidden (and offscreen)
+            self.addAction(action)
         model_menu = self.menuBar().addMenu("&Model")
         manage = QAction("&Models…", self)
         manage.triggered.connect(self.show_models)
@@ -289,6 +307,7 @@ class MainWindow(QMainWindow):
         if self.libraries.library is None:
             return None
         task = self.libraries.index_task([path], self.models.source, self.models.device_name)
+        self._indexing = task
         return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self.refresh_library(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
@@ -298,6 +317,7 @@ class MainWindow(QMainWindow):
         if lib is None:
             return None
         task = self.libraries.index_task([], self.models.source, self.models.device_name)
+        self._indexing = task
         return self.run_task(task, "Updating the library", on_done=lambda _r: self.refresh_library(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
@@ -381,34 +401,93 @@ class MainWindow(QMainWindow):
         return self.reindex()
 
     # ------------------------------------------------------------------------------------------ search
-    def search_files(self, paths: list[Path]) -> Task | None:
-        """Files dropped anywhere on the window, or passed on the command line."""
+    def search_files(self, paths: list[Path], add: bool = False) -> Task | None:
+        """Files dropped anywhere on the window, pasted, or passed on the command line (a folder gives its
+        photos); `add` keeps the current queries."""
         self.tabs.setCurrentWidget(self.search_panel)
-        return self.search_panel.search_files(paths)
+        return self.search_panel.search_files(paths, add=add)
+
+    def search_dropped(self, dropped: Dropped, add: bool = False) -> Task | None:
+        """One rule for drops and pastes: the new photos replace the query; with Shift they are added to it."""
+        if not dropped:
+            return None
+        self.tabs.setCurrentWidget(self.search_panel)
+        if dropped.paths:
+            return self.search_panel.search_files(dropped.paths, add=add)
+        return self.search_panel.search_bytes(dropped.data, dropped.data_label, add=add)
+
+    def paste(self, add: bool = False) -> Task | None:
+        dropped = read_mime(QApplication.clipboard().mimeData(), "pasted image")
+        if not dropped:
+            self.statusBar().showMessage("The clipboard holds no photo or image to search by", 5000)
+            return None
+        return self.search_dropped(dropped, add=add)
+
+    def search_on_start(self, files: list[str | Path]) -> None:
+        """"Open with Dinoscope": search by these photos as soon as the library is open and, on a first start,
+        indexed (a search before that would find nothing, or no library at all)."""
+        self._pending_files = [Path(f) for f in files]
+        if self._shown:
+            self._search_pending()
+
+    def _search_pending(self) -> None:
+        if not self._pending_files or self.libraries.library is None:
+            return
+        task = self._indexing
+        if task is not None and task.outcome is None:  # still indexing: search when it ends, however it ends
+            for sig in (task.signals.finished, task.signals.failed, task.signals.cancelled):
+                sig.connect(lambda *_: QTimer.singleShot(0, self._search_pending))
+            self.statusBar().showMessage("Indexing the library first; the search follows", 8000)
+            return
+        files, self._pending_files = self._pending_files, []
+        self.search_files(files)
 
     def _search_region(self, path: str, box: tuple) -> None:
         self.tabs.setCurrentWidget(self.search_panel)
         self.search_panel.search_region(path, box)
 
-    def open_photo(self, path: str, context: list[str] | None = None) -> None:
+    def open_photo(self, path: str, context: list[str] | None = None, sequence: list[str] | None = None) -> None:
+        """Show a photo in the viewer; `sequence` is the list it came from (Left/Right), `context` the photos
+        near it (joint part colours)."""
+        current = self.tabs.currentWidget()
+        if current is not self.viewer:
+            self._return_tab = current
+        self._sequence = list(sequence) if sequence else [path]
         self.viewer.open(path, context or [])
         self.tabs.setCurrentWidget(self.viewer)
 
+    def step_photo(self, delta: int) -> None:
+        """The previous or next photo of the list the viewer's photo came from."""
+        if self.viewer.path not in self._sequence:
+            return
+        i = self._sequence.index(self.viewer.path) + delta
+        if 0 <= i < len(self._sequence):
+            self.viewer.open(self._sequence[i], _near(self._sequence, self._sequence[i]))
+
+    def leave_viewer(self) -> None:
+        self.tabs.setCurrentWidget(self._return_tab)
+
+    def _make_shortcuts(self) -> None:
+        keys = ((Qt.Key.Key_Left, lambda: self.step_photo(-1)), (Qt.Key.Key_Right, lambda: self.step_photo(1)),
+                (Qt.Key.Key_Escape, self.leave_viewer))
+        for key, slot in keys:
+            sc = QShortcut(QKeySequence(key), self.viewer)
+            sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            sc.activated.connect(slot)
+
     def _open_from_grid(self, index) -> None:
-        items = self.grid.grid_model().items
-        row = index.row()
-        near = [it.path for it in items[max(0, row - 4) : row + 5] if it.path != items[row].path]
-        self.open_photo(items[row].path, near)
+        paths = [it.path for it in self.grid.grid_model().items]
+        self.open_photo(paths[index.row()], _near(paths, paths[index.row()]), paths)
 
     def dragEnterEvent(self, event) -> None:
-        if _image_paths(event.mimeData()):
+        if read_mime(event.mimeData()):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        paths = _image_paths(event.mimeData())
-        if paths:
+        dropped = read_mime(event.mimeData())
+        if dropped:
             event.acceptProposedAction()
-            self.search_files(paths)
+            self.search_dropped(dropped, add=bool(event.modifiers() & Qt.KeyboardModifier.ShiftModifier))
 
     # ------------------------------------------------------------------------------------------- tasks
     def run_task(self, task: Task, title: str, on_done=None, on_progress=None) -> Task:
@@ -440,13 +519,7 @@ def _copy_task(report, cancelled, paths: list[str], dest: str):
                       cancel=cancelled)
 
 
-def _image_paths(md) -> list[Path]:
-    if not md.hasUrls():
-        return []
-    out = []
-    for url in md.urls():
-        if url.isLocalFile():
-            p = Path(url.toLocalFile())
-            if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:
-                out.append(p)
-    return out
+def _near(paths: list[str], path: str) -> list[str]:
+    """Up to 8 photos around `path` in its list: the context the viewer colours parts jointly with."""
+    i = paths.index(path) if path in paths else 0
+    return [p for p in paths[max(0, i - 4) : i + 5] if p != path]

@@ -30,7 +30,7 @@ class LibraryPanel(QWidget):
         self.folders = QListWidget()
         layout.addWidget(self.folders, 1)
         self.add_button = QPushButton("Add folder…")
-        self.add_button.clicked.connect(self._choose_folder)
+        self.add_button.clicked.connect(self.choose_folder)
         layout.addWidget(self.add_button)
         self.counts = QLabel()
         self.counts.setWordWrap(True)
@@ -40,7 +40,7 @@ class LibraryPanel(QWidget):
         self.errors_button.hide()
         layout.addWidget(self.errors_button)
 
-    def _choose_folder(self) -> None:
+    def choose_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Add a folder of photos")
         if path:
             self.add_folder_requested.emit(path)

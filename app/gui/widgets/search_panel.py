@@ -1,18 +1,21 @@
 """Drag-and-drop search: the query photos (removable), the ranked results with cosine scores, "more like these".
 
-Queries may come from anywhere: files dropped from a file manager or from a grid, the clipboard, a box drawn on
-the viewer. The engine embeds them with the library's model and searches its index; this panel only shows it.
+Queries may come from anywhere: files dropped from a file manager or from a grid, pixels from a browser or the
+clipboard, a box drawn on the viewer. `engine.query.run_query` reads, recognises and embeds them and ranks the
+library; this panel only collects them and shows the outcome. The main window owns the one drop handler and
+the paste shortcut; both call `search_files`/`search_bytes` with `add=True` when Shift is held (else the new
+photos replace the query).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QImageReader, QKeySequence, QPixmap, QShortcut
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QImageReader, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
-    QApplication,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -27,14 +30,25 @@ from app.gui.thumbnails import ThumbnailCache
 from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.workers import Task, TaskRunner
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Query:
     label: str
     path: str | None = None  # a file
-    data: bytes | None = None  # pasted pixels (PNG)
+    data: bytes | None = None  # pasted or dragged pixels, encoded (PNG, JPEG...)
+    image_id: int | None = None  # a library photo ("More like these")
     box: tuple[float, float, float, float] | None = None  # region of `path`
     thumb: QPixmap | None = field(default=None, repr=False)
+
+    def source(self):
+        """What engine.query takes for this query."""
+        from engine.query import LibraryPhoto
+
+        if self.image_id is not None:
+            return LibraryPhoto(self.image_id)
+        return self.data if self.data is not None else Path(self.path)
 
 
 def _small_pixmap(path: str, size: int) -> QPixmap:
@@ -48,34 +62,28 @@ def _small_pixmap(path: str, size: int) -> QPixmap:
 
 
 def _search_task(report, cancelled, models, lib, queries: list[Query], k: int):
-    """Embed the queries with the model in use and search the library; unreadable queries are reported.
+    """Run the query through engine.query (the CLI's path too) and return its outcome.
 
     ``lib`` is the window's open Library, shared on purpose: it keeps the vector index in memory between searches
-    (reading it again from disk cost a search at 100k photos about as much as the model's forward pass).
+    (reading it again from disk cost a search at 100k photos about as much as the model's forward pass). The model
+    is loaded only if a query is not a library photo.
     """
-    from engine import search
-    from engine.imageio import ImageDecodeError, load_rgb
+    from engine.query import Region, run_query
 
-    extractor = models.extractor(patch_tokens=any(q.box for q in queries))
     report(0, 0, "Searching…")
-    problems: list[str] = []
     regions = [q for q in queries if q.box]
+    record = lib.model_by_source(models.source)
+    load = lambda: models.extractor(patch_tokens=bool(regions))
     if regions:
         q = regions[-1]
-        return search.search_by_region(lib, extractor, q.path, q.box, k=k), problems
-    images = []
-    for q in queries:
-        try:
-            images.append(load_rgb(q.data if q.data is not None else q.path))
-        except ImageDecodeError as e:
-            problems.append(str(e))
-    if not images:
-        return [], problems
-    return search.search_by_images(lib, extractor, images, k=k), problems
+        return run_query(lib, load, region=Region(q.source(), q.box), k=k,
+                         model_id=record.id if record else None, cancel=cancelled)
+    return run_query(lib, load, [q.source() for q in queries], k=k, model_id=record.id if record else None,
+                     cancel=cancelled)
 
 
 class SearchPanel(QWidget):
-    open_photo = Signal(str, list)  # path, the result paths as context
+    open_photo = Signal(str, list)  # path, the result paths (the list the viewer walks with Left/Right)
     results_changed = Signal(list, list)  # query image ids (those in the library), result image ids
     status = Signal(str)
     task_started = Signal(object, str)  # a long task: the window's task bar shows its progress and Cancel
@@ -87,7 +95,6 @@ class SearchPanel(QWidget):
         self.models, self.libraries, self.runner = models, libraries, runner
         self.queries: list[Query] = []
         self.results: list = []
-        self.setAcceptDrops(True)
 
         top = QHBoxLayout()
         self.hint = QLabel("Drop photos here (or anywhere on the window), or paste one with Ctrl+V, to find "
@@ -117,8 +124,7 @@ class SearchPanel(QWidget):
         QShortcut(QKeySequence.StandardKey.Delete, self.query_list, activated=self.remove_selected_queries)
 
         self.grid = ThumbnailGrid(cache)
-        self.grid.doubleClicked.connect(self._open_result)
-        QShortcut(QKeySequence.StandardKey.Paste, self, activated=self.paste)
+        self.grid.activated.connect(self._open_result)  # double-click, or Enter on the selected result
 
         layout = QVBoxLayout(self)
         layout.addLayout(top)
@@ -126,34 +132,29 @@ class SearchPanel(QWidget):
         layout.addWidget(self.grid, 1)
 
     # ------------------------------------------------------------------------------------------ queries
-    def search_files(self, paths: list[Path]) -> Task | None:
-        files = []
-        for p in paths:
-            files += sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        self.queries = [Query(label=f.name, path=str(f)) for f in files[:64]]
-        return self.run()
+    def search_files(self, paths: list[Path], add: bool = False) -> Task | None:
+        """Search by files (a folder gives its image files); `add` keeps the current queries (Shift held)."""
+        from engine.query import expand_inputs
+
+        files, skipped = expand_inputs(paths)
+        if skipped:
+            self.status.emit(f"{len(skipped)} more photos left out: {skipped[0].message}")
+        return self._set_queries([Query(label=f.name, path=str(f)) for f in files], add)
+
+    def search_bytes(self, data: bytes, label: str = "dropped image", add: bool = False) -> Task | None:
+        """Search by encoded pixels that arrived without a file (a browser drag, the clipboard)."""
+        return self._set_queries([Query(label=label, data=data)], add)
 
     def add_queries(self, queries: list[Query]) -> Task | None:
-        self.queries += queries
+        return self._set_queries(queries, add=True)
+
+    def _set_queries(self, queries: list[Query], add: bool) -> Task | None:
+        self.queries = [q for q in self.queries if not q.box] + queries if add else queries
         return self.run()
 
     def search_region(self, path: str, box: tuple[float, float, float, float]) -> Task | None:
         self.queries = [Query(label=f"{Path(path).name} (region)", path=path, box=box)]
         return self.run()
-
-    def paste(self) -> Task | None:
-        md = QApplication.clipboard().mimeData()
-        if md.hasUrls():
-            return self.search_files([Path(u.toLocalFile()) for u in md.urls() if u.isLocalFile()])
-        image: QImage = QApplication.clipboard().image()
-        if image.isNull():
-            self.status.emit("The clipboard holds no image")
-            return None
-        buf = QByteArray()
-        io = QBuffer(buf)
-        io.open(QIODevice.OpenModeFlag.WriteOnly)
-        image.save(io, "PNG")
-        return self.add_queries([Query(label="pasted image", data=bytes(buf.data()))])
 
     def remove_selected_queries(self) -> Task | None:
         rows = sorted((self.query_list.row(i) for i in self.query_list.selectedItems()), reverse=True)
@@ -166,7 +167,8 @@ class SearchPanel(QWidget):
         if not picked:
             self.status.emit("Select some results first")
             return None
-        return self.add_queries([Query(label=Path(it.path).name, path=it.path) for it in picked])
+        return self.add_queries([Query(label=Path(it.path).name, path=it.path, image_id=it.image_id)
+                                 for it in picked])
 
     def clear(self) -> None:
         self.queries, self.results = [], []
@@ -205,16 +207,17 @@ class SearchPanel(QWidget):
         self.task_started.emit(task, "Searching")
         return self.runner.start(task)
 
-    def _show_results(self, result) -> None:
-        results, problems = result
+    def _show_results(self, outcome) -> None:
+        results, problems = outcome.results, [u.message for u in outcome.unusable]
         self.results = results
-        lib = self.libraries.library
-        in_library = [r.id for q in self.queries if q.path and lib is not None
-                      for r in [lib.image_by_path(q.path)] if r is not None]
-        self.results_changed.emit(in_library, [r.image_id for r in results])
+        self.results_changed.emit(list(outcome.in_library), [r.image_id for r in results])
         self.grid.grid_model().set_items(
             [GridItem(r.image_id, r.path, score=r.score, caption=f"#{r.rank}  {r.score:.3f}") for r in results])
-        msg = f"{len(results)} results for {len(self.queries)} quer{'y' if len(self.queries) == 1 else 'ies'}"
+        n = len(self.queries)
+        msg = f"{len(results)} results for {n} quer{'y' if n == 1 else 'ies'}"
+        log.info("search: %s; first: %s", msg, results[0].path if results else None)
+        if outcome.in_library:
+            msg += f" · {len(outcome.in_library)} from the library, not listed"
         if problems:
             msg += f" · {len(problems)} unreadable: " + "; ".join(problems[:3])
             self.error.emit("Some photos could not be read", "\n".join(problems))
@@ -222,15 +225,4 @@ class SearchPanel(QWidget):
 
     def _open_result(self, index) -> None:
         it = self.grid.grid_model().items[index.row()]
-        self.open_photo.emit(it.path, [r.path for r in self.results[:8]])
-
-    # --------------------------------------------------------------------------------------------- drops
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls() or event.mimeData().hasImage():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        md = event.mimeData()
-        if md.hasUrls():
-            event.acceptProposedAction()
-            self.search_files([Path(u.toLocalFile()) for u in md.urls() if u.isLocalFile()])
+        self.open_photo.emit(it.path, [r.path for r in self.results])
