@@ -1,0 +1,149 @@
+"""Every way a photo reaches a search in the window, on a real library: a drop of files, of a folder, of pixels
+from a browser, Ctrl+V on any tab, Shift to add; and the keys of a photo app (Enter, Left/Right, Escape)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
+
+from app.gui.main_window import MainWindow
+from engine.models import DinoVisionTransformer
+from engine.store import Library
+from engine.store.indexer import index_library
+from tests.helpers import tiny_config
+
+NAMES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+
+
+@pytest.fixture
+def window(qtbot, tmp_path: Path, skimage_data_dir: Path):
+    lib_dir, outside = tmp_path / "library", tmp_path / "outside"
+    lib_dir.mkdir()
+    outside.mkdir()
+    for name in NAMES:
+        img = Image.open(skimage_data_dir / name).convert("RGB")
+        img.thumbnail((300, 300))
+        img.save(lib_dir / f"{Path(name).stem}.jpg", quality=92)
+        img.save(outside / f"{Path(name).stem} copy.jpg", quality=70)  # not the library's bytes
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(DinoVisionTransformer(tiny_config()).state_dict(), ckpt)
+    with Library.open("inputs") as lib:
+        index_library(lib, str(ckpt), folders=[str(lib_dir)], device="cpu", precision="fp32")
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    settings.setValue("library/name", "inputs")
+    settings.setValue("model/source", str(ckpt))
+    win = MainWindow(settings=settings, first_start_sample=False)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    return win, lib_dir, outside
+
+
+def _drop(win: MainWindow, md: QMimeData, shift: bool = False) -> bool:
+    pos = QPointF(400, 300)
+    mods = Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier.NoModifier
+    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, mods)
+    enter.ignore()
+    QApplication.sendEvent(win, enter)
+    if not enter.isAccepted():
+        return False
+    QApplication.sendEvent(win, QDropEvent(pos, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, mods))
+    return True
+
+
+def _urls(*paths: Path) -> QMimeData:
+    md = QMimeData()
+    md.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    return md
+
+
+def _wait_results(qtbot, win: MainWindow, before: object = None) -> list:
+    qtbot.waitUntil(lambda: bool(win.search_panel.results) and win.search_panel.results is not before, timeout=60000)
+    return win.search_panel.results
+
+
+def test_pixels_dragged_from_a_browser_are_searched(qtbot, window) -> None:
+    win, _, outside = window
+    md = QMimeData()
+    md.setData("image/jpeg", (outside / "chelsea copy.jpg").read_bytes())  # what a browser offers beside its URL
+    md.setUrls([QUrl("https://example.org/cat.jpg")])  # remote: not fetched
+    assert _drop(win, md)
+    results = _wait_results(qtbot, win)
+    assert Path(results[0].path).name == "chelsea.jpg"
+    assert [q.label for q in win.search_panel.queries] == ["dropped image"]
+
+
+def test_a_dropped_folder_gives_its_photos_and_shift_adds(qtbot, window, tmp_path) -> None:
+    win, _, outside = window
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    Image.open(outside / "rocket copy.jpg").save(folder / "rocket.png")
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / "list.csv").write_text("a,b")
+    assert not _drop(win, _urls(folder / "notes.txt"))  # a text file alone is refused at drag-enter
+    assert _drop(win, _urls(folder))
+    first = _wait_results(qtbot, win)
+    assert [q.label for q in win.search_panel.queries] == ["rocket.png"]  # the folder's photo, nothing else
+    assert Path(first[0].path).name == "rocket.jpg"
+    assert _drop(win, _urls(outside / "coffee copy.jpg"), shift=True)
+    second = _wait_results(qtbot, win, before=first)
+    assert [q.label for q in win.search_panel.queries] == ["rocket.png", "coffee copy.jpg"]
+    assert second is not first
+    assert _drop(win, _urls(outside / "astronaut copy.jpg"))  # no Shift: replaces
+    _wait_results(qtbot, win, before=second)
+    assert [q.label for q in win.search_panel.queries] == ["astronaut copy.jpg"]
+
+
+def test_ctrl_v_searches_from_any_tab(qtbot, window) -> None:
+    win, _, outside = window
+    win.tabs.setCurrentWidget(win.browse)
+    QApplication.clipboard().setMimeData(_urls(outside / "coffee copy.jpg"))
+    win.grid.setFocus()
+    qtbot.keyClick(win.grid, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert win.tabs.currentWidget() is win.search_panel
+    first = _wait_results(qtbot, win)
+    assert Path(first[0].path).name == "coffee.jpg"
+    pixels = QMimeData()
+    pixels.setData("image/png", _png_bytes(outside / "chelsea copy.jpg"))
+    QApplication.clipboard().setMimeData(pixels)
+    qtbot.keyClick(win.search_panel.grid, Qt.Key.Key_V,
+                   Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    _wait_results(qtbot, win, before=first)
+    assert [q.label for q in win.search_panel.queries] == ["coffee copy.jpg", "pasted image"]
+
+
+def _png_bytes(path: Path) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.open(path).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_enter_opens_left_right_walk_the_list_escape_goes_back(qtbot, window) -> None:
+    win = window[0]
+    win.tabs.setCurrentWidget(win.browse)
+    grid = win.grid
+    paths = [it.path for it in grid.grid_model().items]
+    assert len(paths) == 5
+    grid.setFocus()
+    grid.setCurrentIndex(grid.grid_model().index(1))
+    qtbot.keyClick(grid, Qt.Key.Key_Return)
+    assert win.tabs.currentWidget() is win.viewer and win.viewer.path == paths[1]
+    win.viewer.setFocus()
+    qtbot.keyClick(win.viewer, Qt.Key.Key_Right)
+    assert win.viewer.path == paths[2]
+    qtbot.keyClick(win.viewer, Qt.Key.Key_Left)
+    qtbot.keyClick(win.viewer, Qt.Key.Key_Left)
+    assert win.viewer.path == paths[0]
+    qtbot.keyClick(win.viewer, Qt.Key.Key_Left)  # the first photo: stays
+    assert win.viewer.path == paths[0]
+    qtbot.keyClick(win.viewer, Qt.Key.Key_Escape)
+    assert win.tabs.currentWidget() is win.browse
