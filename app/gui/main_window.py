@@ -203,6 +203,8 @@ class MainWindow(QMainWindow):
         if self.libraries.library is None:
             self._open_start_library()
         self._search_pending()
+        if self._indexing is None or self._indexing.outcome is not None:  # an indexing run loads it anyway
+            self.runner.start(Task(lambda _r, _c: self.models.warm_up(self.libraries.library), name="warm-up"))
 
     def _make_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")

@@ -95,5 +95,22 @@ class ModelService(QObject):
             ex.patch_tokens = True
         return ex
 
+    def warm_up(self, library=None) -> str:
+        """Load torch, the model and the library's vector index, and run one forward pass, so that the first drop
+        after the window appears waits for none of them (call from a worker; does nothing that needs a download)."""
+        if not self.available_locally():
+            return "model not on disk"
+        import torch
+
+        ex = self.extractor()
+        ex.embed_tensor(torch.zeros(1, 3, 224, 224))  # the first forward allocates and picks kernels
+        if library is not None:
+            from engine.store.vectors import vector_index
+
+            record = library.model_by_source(self.source)
+            if record is not None:
+                vector_index(library, record.id)
+        return "ready"
+
     def backbone(self, progress=None):
         return self.extractor(progress).model
