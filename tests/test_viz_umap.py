@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import pairwise_distances
 
+from engine.viz.map_render import PALETTE, render_map
 from engine.viz.umap_layout import (
-    PALETTE,
     Layout,
     LayoutCacheError,
     _embed_new,
@@ -22,7 +22,6 @@ from engine.viz.umap_layout import (
     knn_agreement,
     load_layout,
     place_new,
-    render_map,
     save_layout,
     should_refit,
 )

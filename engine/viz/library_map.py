@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 
 from engine.store.schema import MapCoord
 from engine.store.vectors import library_vectors
-from engine.viz import umap_layout
+from engine.viz import map_render, umap_layout
 
 
 @dataclass
@@ -132,7 +132,7 @@ def render_library_map(lib, model_id: int, size: tuple[int, int] = (1600, 1200),
         except ImageDecodeError:
             return None
 
-    return umap_layout.render_map(m.coords, thumbnails=thumb, labels=m.clusters, size=size, sample=sample)
+    return map_render.render_map(m.coords, thumbnails=thumb, labels=m.clusters, size=size, sample=sample)
 
 
 def quick_layout(lib, model_id: int) -> LibraryMap:
