@@ -32,6 +32,17 @@ class ProgressBar:
         self.start = time.perf_counter()
         self._last = 0.0
         self._printed: tuple | None = None
+        self.last: tuple[int, int | None, str] | None = None
+
+    def __call__(self, p) -> None:
+        """The bar as an `engine.progress.ProgressFn`: follows any engine task (download, index, dedup...)."""
+        self.last = (p.done, p.total, f"({p.failed} unreadable)" if p.failed else "")
+        self.update(*self.last)
+
+    def finish(self) -> None:
+        """Draw the last state reported through `__call__` as final (nothing if none came)."""
+        if self.last is not None:
+            self.close(*self.last)
 
     def update(self, done: int, total: int | None, extra: str = "", force: bool = False) -> None:
         now = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
-from engine.progress import Cancelled
+from engine.progress import Cancelled, ProgressFn, Stopwatch
 from engine.store.schema import Image
 from engine.store.vectors import vector_index
 
@@ -114,7 +114,7 @@ def _groups(labels: np.ndarray, min_size: int) -> list[np.ndarray]:
 # ------------------------------------------------------------------------------------------------------ pairs
 
 
-def range_pairs(vectors: np.ndarray, radius: float, progress: Callable[[int, int], None] | None = None,
+def range_pairs(vectors: np.ndarray, radius: float, progress: ProgressFn | None = None,
                 cancel: Callable[[], bool] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(a, b, cosine) arrays with a < b and cosine >= radius, block by block, by exact FAISS range search.
 
@@ -130,6 +130,7 @@ def range_pairs(vectors: np.ndarray, radius: float, progress: Callable[[int, int
     below = float(np.nextafter(np.float32(radius), np.float32(-np.inf)))
     blocks = [(d0, min(n, d0 + DB_BLOCK)) for d0 in range(0, n, DB_BLOCK)]
     total = sum(-(-d1 // QUERY_BLOCK) for _, d1 in blocks)
+    clock = Stopwatch()
     done = 0
     with faiss_settings(None):
         for d0, d1 in blocks:
@@ -146,11 +147,11 @@ def range_pairs(vectors: np.ndarray, radius: float, progress: Callable[[int, int
                 yield a[keep], b[keep], scores[keep]
                 done += 1
                 if progress is not None:
-                    progress(done, total)
+                    progress(clock(done, total, phase="comparing photos"))
 
 
 def knn_pairs(lib: Library, model_id: int, ids: np.ndarray, vectors: np.ndarray, radius: float,
-              progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+              progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Pairs from the library's approximate index: each photo's KNN nearest neighbours at cosine >= radius."""
     from engine.faiss_runtime import faiss_settings
@@ -158,6 +159,7 @@ def knn_pairs(lib: Library, model_id: int, ids: np.ndarray, vectors: np.ndarray,
     index = vector_index(lib, model_id)
     n = len(ids)
     total = -(-n // QUERY_BLOCK)
+    clock = Stopwatch()
     for done, q0 in enumerate(range(0, n, QUERY_BLOCK), 1):
         if cancel is not None and cancel():
             raise Cancelled()
@@ -172,7 +174,7 @@ def knn_pairs(lib: Library, model_id: int, ids: np.ndarray, vectors: np.ndarray,
         keep = a != b
         yield np.minimum(a, b)[keep], np.maximum(a, b)[keep], s[keep]
         if progress is not None:
-            progress(done, total)
+            progress(clock(done, total, phase="comparing photos"))
 
 
 # ----------------------------------------------------------------------------------------------------- groups
@@ -199,12 +201,12 @@ def find_duplicates(
     near: float = NEAR,
     scene: float = SCENE,
     min_size: int = 2,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[DuplicateGroup]:
     """Groups of duplicates among the photos that have a vector under `model_id`, exact tier first.
 
-    Within a tier, bigger groups come first. `progress(done, total)` follows the pair search; `cancel()` returning
+    Within a tier, bigger groups come first. `progress` follows the pair search; `cancel()` returning
     True raises Cancelled.
     """
     if not (-1.0 <= scene <= near <= 1.0):

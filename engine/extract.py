@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from engine.device import pick_device, pick_dtype
 from engine.models.fuse import fold_layerscale
-from engine.progress import Cancelled
+from engine.progress import Cancelled, Progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -34,22 +34,6 @@ class Batch:
     cls: np.ndarray  # (n, D) float32, L2-normalised
     patch: np.ndarray | None = None  # (n, H·W, D) float16 patch tokens, when asked for
     errors: list[tuple[int, str]] = field(default_factory=list)  # (input index, message)
-
-
-@dataclass
-class Progress:
-    done: int
-    total: int
-    failed: int
-    elapsed: float
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        return (self.total - self.done) / self.rate if self.rate > 0 else None
 
 
 

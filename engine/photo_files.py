@@ -7,6 +7,8 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from engine.progress import ProgressFn, Stopwatch
+
 
 def free_name(dest: Path, name: str) -> Path:
     """dest/name, or dest/"stem (2).ext", "stem (3).ext"... if taken."""
@@ -20,16 +22,17 @@ def free_name(dest: Path, name: str) -> Path:
 
 
 def copy_files(paths: Iterable[str | os.PathLike], dest: str | os.PathLike,
-               progress: Callable[[int, int], None] | None = None,
+               progress: ProgressFn | None = None,
                cancel: Callable[[], bool] | None = None) -> list[Path]:
     """Copy photos into a folder; a name already there gets " (2)", " (3)"... appended.
 
-    ``progress(done, total)`` follows the copies; when ``cancel()`` turns true the copying stops between files
+    ``progress`` follows the copies; when ``cancel()`` turns true the copying stops between files
     and the ones already copied are returned (each copy is whole: shutil.copy2 of one file at a time).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]
+    clock = Stopwatch()
     out = []
     for p in paths:
         if cancel is not None and cancel():
@@ -38,7 +41,7 @@ def copy_files(paths: Iterable[str | os.PathLike], dest: str | os.PathLike,
         shutil.copy2(p, target)
         out.append(target)
         if progress is not None:
-            progress(len(out), len(paths))
+            progress(clock(len(out), len(paths), phase="copying", current=str(p)))
     return out
 
 

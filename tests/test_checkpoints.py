@@ -190,7 +190,7 @@ def test_zoo_name_downloads_once_into_the_cache(zoo_server: Path, monkeypatch: p
     torch.save(model.state_dict(), zoo_server / entry.folder / entry.filename)
     assert zoo.status("dinov2_vits14") == "not downloaded"
     seen: list[tuple[int, int | None]] = []
-    loaded = load_backbone("dinov2_vits14", progress=lambda done, total: seen.append((done, total)))
+    loaded = load_backbone("dinov2_vits14", progress=lambda p: seen.append((p.done, p.total)))
     assert _same_outputs(model, loaded) == 0.0
     assert seen and seen[-1][0] == seen[-1][1] == (zoo_server / entry.folder / entry.filename).stat().st_size
     assert zoo.status("dinov2_vits14") == "downloaded"

@@ -198,8 +198,8 @@ def test_range_pairs_match_brute_force_across_blocks(monkeypatch) -> None:
     monkeypatch.setattr(dedup, "QUERY_BLOCK", 50)
     radius = 0.9
     steps = []
-    found = [np.stack([a, b], 1) for a, b, _ in dedup.range_pairs(x, radius, progress=lambda d, t: steps.append(
-        (d, t)))]
+    found = [np.stack([a, b], 1) for a, b, _ in dedup.range_pairs(x, radius, progress=lambda p: steps.append(
+        (p.done, p.total)))]
     got = np.concatenate(found)
     sims = x @ x.T
     want = np.argwhere(np.triu(sims >= radius, k=1))

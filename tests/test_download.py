@@ -179,7 +179,8 @@ def test_plain_download(server, tmp_path, checkpoint):
     dest = _dest(tmp_path)
     calls: list[tuple[int, int | None]] = []
 
-    result = download_file(url, dest, progress=lambda d, t: calls.append((d, t)), timeout=TIMEOUT, chunk_size=1 << 15)
+    result = download_file(url, dest, progress=lambda p: calls.append((p.done, p.total)), timeout=TIMEOUT,
+                           chunk_size=1 << 15)
 
     _assert_good(result, dest, checkpoint)
     assert result.resumed is False
@@ -209,7 +210,7 @@ def test_interrupted_then_resumed(server, tmp_path, checkpoint):
 
     state.cut_after = None
     calls: list[tuple[int, int | None]] = []
-    result = download_file(url, dest, progress=lambda d, t: calls.append((d, t)), timeout=TIMEOUT)
+    result = download_file(url, dest, progress=lambda p: calls.append((p.done, p.total)), timeout=TIMEOUT)
 
     assert state.ranges() == [None, f"bytes={cut}-"]
     assert result.resumed is True
@@ -362,7 +363,7 @@ def test_unknown_length_reports_total_at_the_end(server, tmp_path, checkpoint):
     calls: list[tuple[int, int | None]] = []
 
     result = download_file(
-        url, _dest(tmp_path), progress=lambda d, t: calls.append((d, t)), timeout=TIMEOUT, chunk_size=1 << 15
+        url, _dest(tmp_path), progress=lambda p: calls.append((p.done, p.total)), timeout=TIMEOUT, chunk_size=1 << 15
     )
 
     _assert_good(result, _dest(tmp_path), checkpoint)

@@ -128,7 +128,7 @@ def test_indexing_real_photos(tmp_path: Path, small_photos) -> None:
         assert table_counts(lib) == {"images": n, "thumbnails": n, "embeddings": n, "regions": n}
         assert {p.phase for p in progress} == {"scan", "embed", "index"}
         embed = [p for p in progress if p.phase == "embed"]
-        assert embed[-1].done == embed[-1].total == n and embed[-1].files_per_s > 0
+        assert embed[-1].done == embed[-1].total == n and embed[-1].rate > 0 and embed[-1].failed == 0
 
         for key, path in files.items():
             rec = lib.image_by_path(path)

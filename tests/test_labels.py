@@ -102,7 +102,7 @@ def test_export_csv_and_json_and_copy(library, tmp_path: Path) -> None:
     assert len(list((tmp_path / "out").iterdir())) == 4
     assert again[0].name.endswith(" (2).jpg") and first[0].read_bytes() == again[0].read_bytes()
     steps: list[tuple[int, int]] = []
-    partial = copy_files(paths, tmp_path / "part", progress=lambda d, t: steps.append((d, t)),
+    partial = copy_files(paths, tmp_path / "part", progress=lambda p: steps.append((p.done, p.total)),
                          cancel=lambda: len(steps) >= 1)  # cancelled after the first file: one whole copy
     assert steps == [(1, 2)] and [p.name for p in (tmp_path / "part").iterdir()] == [partial[0].name]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.progress import ProgressFn, Stopwatch
 from engine.store.vectors import library_vectors
 
 
@@ -86,9 +87,10 @@ def balance_by_cluster(vectors: np.ndarray, k: int, per_cluster: int, seed: int 
 
 def curate(lib, model_id: int, *, threshold: float = 0.95, seed_vectors: np.ndarray | None = None,
            per_seed: int = 32, clusters: int | None = None, per_cluster: int | None = None,
-           progress: Callable[[str], None] | None = None) -> CurationReport:
+           progress: ProgressFn | None = None) -> CurationReport:
     """The whole pipeline over one library and model; returns the kept paths and the counts per stage."""
-    say = progress or (lambda _msg: None)
+    clock = Stopwatch()
+    say = (lambda stage: progress(clock(0, None, phase=stage))) if progress else (lambda _stage: None)
     report = CurationReport()
     ids, vectors = library_vectors(lib, model_id)
     ids = np.asarray(ids, dtype=np.int64)

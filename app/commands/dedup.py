@@ -51,16 +51,9 @@ def run(args: argparse.Namespace) -> int:
     with lib:
         try:
             bar = ProgressBar("comparing", unit="blocks")
-            last = [0, 0]
-
-            def progress(done: int, total: int) -> None:
-                last[:] = [done, total]
-                bar.update(done, total)
-
             groups = find_duplicates(lib, record.id, near=args.near, scene=args.scene, min_size=args.min_size,
-                                     progress=progress)
-            if last[1]:
-                bar.close(*last)
+                                     progress=bar)
+            bar.finish()
         except StoreError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         bar = ProgressBar(f"loading {args.model}", unit="B")
-        model = load_backbone(args.model, progress=lambda d, t: bar.update(d, t))
+        model = load_backbone(args.model, progress=bar)
         extractor = Extractor(model, device=args.device, precision=args.dtype, batch_size=args.batch,
                               workers=args.workers, patch_tokens=args.patch)
     except (CheckpointError, DownloadError, RuntimeError, ValueError) as e:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         labelled_splits(args.data, args.val_fraction, args.seed)  # a bad folder fails before any model download
         bar = ProgressBar(f"loading {args.model}", unit="B")
-        model = load_backbone(args.model, progress=lambda d, t: bar.update(d, t))
+        model = load_backbone(args.model, progress=bar)
         bar = ProgressBar("features")
         result = evaluate_backbone(
             model, args.data, device=args.device, precision=args.dtype, batch_size=args.batch, k=args.k,

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             bar = ProgressBar(f"loading {args.model}", unit="B")
-            model = load_backbone(args.model, progress=lambda d, t: bar.update(d, t))
+            model = load_backbone(args.model, progress=bar)
         except (CheckpointError, DownloadError, RuntimeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

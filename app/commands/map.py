@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     lib, model = opened
     with lib:
-        m = update_map(lib, model.id, refit=args.refit, progress=lambda msg: print(msg, file=sys.stderr))
+        m = update_map(lib, model.id, refit=args.refit, progress=lambda p: print(p.phase, file=sys.stderr))
         if len(m.ids) == 0:
             print("error: no photos with vectors to map", file=sys.stderr)
             return 2

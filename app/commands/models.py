@@ -37,18 +37,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.name} is already downloaded: {zoo.local_path(args.name)}")
         return 0
     bar = ProgressBar(f"downloading {args.name}", unit="B")
-    last: list = [0, None]
-
-    def progress(done: int, total: int | None) -> None:
-        last[:] = [done, total]
-        bar.update(done, total)
-
     try:
-        path = zoo.download(args.name, progress=progress)
+        path = zoo.download(args.name, progress=bar)
     except DownloadError as e:
-        bar.close(*last)
+        bar.finish()
         print(str(e), file=sys.stderr)
         return 1
-    bar.close(*last)
+    bar.finish()
     print(f"saved {path}")
     return 0

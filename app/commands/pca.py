@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         bar = ProgressBar(f"loading {args.model}", unit="B")
-        model = load_backbone(args.model, progress=lambda d, t: bar.update(d, t))
+        model = load_backbone(args.model, progress=bar)
         args.out.mkdir(parents=True, exist_ok=True)
     except (CheckpointError, DownloadError, RuntimeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

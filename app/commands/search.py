@@ -53,7 +53,7 @@ def load_model(record, source: str | None, device: str):
 
     given = source or record.source
     bar = ProgressBar(f"loading {given}", unit="B")
-    model = load_backbone(given, progress=lambda d, t: bar.update(d, t))
+    model = load_backbone(given, progress=bar)
     if model_hash(model) != record.checkpoint_hash:
         raise ValueError(f"the weights of {given} are not the ones library vectors of model '{record.name}' were "
                          "computed with (the file changed?); index the library again with it")

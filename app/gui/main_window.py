@@ -517,7 +517,7 @@ class MainWindow(QMainWindow):
 def _copy_task(report, cancelled, paths: list[str], dest: str):
     from engine.photo_files import copy_files
 
-    return copy_files(paths, dest, progress=lambda done, total: report(done, total, f"Copying {done}/{total}"),
+    return copy_files(paths, dest, progress=lambda p: report(p.done, p.total, f"Copying {p.done}/{p.total}"),
                       cancel=cancelled)
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.atomic import fsync_dir
-from engine.progress import Cancelled, ProgressFn
+from engine.progress import Cancelled, ProgressFn, Stopwatch
 
 __all__ = ["DownloadCancelled", "DownloadError", "DownloadResult", "ProgressFn", "download_file", "sha256_file"]
 
 USER_AGENT = "dinoscope"
 
-# ProgressFn (engine.progress): progress(bytes_done, bytes_total_or_None); bytes_done includes a resumed .part.
+# progress gets Progress(bytes done, bytes in all or None, phase "download"); bytes done include a resumed .part.
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -164,6 +164,7 @@ def _attempt(
     chunk_size: int,
 ) -> DownloadResult:
     offset = part.stat().st_size if part.is_file() else 0
+    clock = Stopwatch()
     try:
         resp = _open(url, offset, timeout)
     except urllib.error.HTTPError as e:
@@ -200,7 +201,7 @@ def _attempt(
         done = offset
         try:
             if progress is not None:
-                progress(done, total)
+                progress(clock(done, total, phase="download"))
             while True:
                 if cancel is not None and cancel():
                     raise DownloadCancelled(
@@ -223,7 +224,7 @@ def _attempt(
                 h.update(chunk)
                 done += len(chunk)
                 if progress is not None:
-                    progress(done, total)
+                    progress(clock(done, total, phase="download"))
             try:
                 f.flush()
                 os.fsync(f.fileno())
@@ -241,7 +242,7 @@ def _attempt(
         raise DownloadError(_resume_hint(url, dest, part, f"got {done} of {total} bytes; the connection was cut"))
 
     if progress is not None:
-        progress(done, total if total is not None else done)
+        progress(clock(done, total if total is not None else done, phase="download"))
     try:
         os.replace(part, dest)
     except OSError as e:

@@ -18,11 +18,10 @@ from engine.store.library import (
 from engine.store.schema import SCHEMA_VERSION, LibraryVersionError, StoreError
 
 if TYPE_CHECKING:
-    from engine.store.indexer import IndexProgress, IndexReport, index_library
+    from engine.store.indexer import IndexReport, index_library
     from engine.store.vectors import VectorIndex
 
 _LAZY = {
-    "IndexProgress": "engine.store.indexer",
     "IndexReport": "engine.store.indexer",
     "index_library": "engine.store.indexer",
     "VectorIndex": "engine.store.vectors",
@@ -42,7 +41,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "FolderRecord",
     "ImageRecord",
-    "IndexProgress",
     "IndexReport",
     "Library",
     "LibraryBusyError",

@@ -32,7 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 
 from engine.imageio import ImageDecodeError, ImageInfo, load_rgb, read_info
-from engine.progress import Cancelled
+from engine.progress import Cancelled, Progress, ProgressFn
 from engine.store.library import Library, ModelRecord
 from engine.store.regions import pool_regions
 from engine.store.scan import FolderScan, FoundFile, KnownImage, Plan, compare, scan_folders
@@ -43,17 +43,6 @@ THUMBNAIL_SIZE = 256
 THUMBNAIL_QUALITY = 85
 RESIZE, CROP = 256, 224  # the official eval transform
 MAX_FILE_BYTES = 2 * 2**30  # far above any photo (a 200 MP 16-bit TIFF is 1.2 GB); each file is read whole
-
-
-@dataclass
-class IndexProgress:
-    phase: str  # 'scan' | 'embed' | 'index'
-    done: int
-    total: int | None  # None while scanning (the total is not known yet)
-    failed: int
-    files_per_s: float
-    eta_s: float | None
-    current_path: str | None
 
 
 @dataclass
@@ -360,7 +349,7 @@ def index_library(
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
-    progress: Callable[[IndexProgress], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
     commit_every: int = 256,
     workers: int | None = None,
@@ -405,10 +394,10 @@ def index_library(
                 if cancel is not None and cancel():
                     raise Cancelled()
                 if progress is not None:
-                    progress(IndexProgress("scan", found[0], None, 0, 0.0, None, None))
+                    progress(Progress(found[0], None, phase="scan"))
 
         if progress is not None:
-            progress(IndexProgress("scan", 0, None, 0, 0.0, None, None))
+            progress(Progress(0, None, phase="scan"))
         try:
             scans = scan_folders([r.path for r in roots], on_file)
         except Cancelled:
@@ -423,7 +412,7 @@ def index_library(
             for folder, reason in scan.unreadable:
                 report.warnings.append(f"{folder}: skipped ({reason}); its images are kept")
         if progress is not None:
-            progress(IndexProgress("scan", found[0], found[0], 0, 0.0, None, None))
+            progress(Progress(found[0], found[0], phase="scan"))
         plan = compare(pairs, _known_images(lib, [r.id for r in roots], model.id))
         report.unchanged, report.protected = plan.unchanged, plan.protected
 
@@ -442,7 +431,7 @@ def index_library(
         models = lib.models()
         for done, m in enumerate(models):
             if progress is not None:
-                progress(IndexProgress("index", done, len(models), report.failed, 0.0, None, None))
+                progress(Progress(done, len(models), report.failed, phase="index"))
             try:
                 VectorIndex.open(lib, m.id)
             except StoreError as exc:
@@ -450,7 +439,7 @@ def index_library(
                 report.warnings.append(str(exc))
                 break
         if progress is not None:
-            progress(IndexProgress("index", len(models), len(models), report.failed, 0.0, None, None))
+            progress(Progress(len(models), len(models), report.failed, phase="index"))
     report.seconds = time.perf_counter() - start
     report.files_per_s = run.rate()
     return report
@@ -492,11 +481,8 @@ class _Run:
     def _emit(self) -> None:
         if self.progress is None:
             return
-        elapsed = time.perf_counter() - self.t0
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        total = len(self.jobs)
-        eta = (total - self.done) / rate if rate > 0 else None
-        self.progress(IndexProgress("embed", self.done, total, self.report.failed, rate, eta, self.current))
+        self.progress(Progress(self.done, len(self.jobs), self.report.failed, time.perf_counter() - self.t0,
+                               phase="embed", current=self.current))
 
     def rate(self) -> float:
         """Files through the read-decode-embed-commit pipeline per second (scan and index writing excluded)."""
@@ -660,7 +646,6 @@ class _Run:
 
 
 __all__ = [
-    "IndexProgress",
     "IndexReport",
     "ensure_model",
     "index_library",

@@ -9,13 +9,13 @@ recomputes); the fitted layout is a cache under the library folder (plain arrays
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, select
 
+from engine.progress import ProgressFn, Stopwatch
 from engine.store.schema import MapCoord
 from engine.store.vectors import library_vectors
 from engine.viz import map_render, umap_layout
@@ -51,9 +51,10 @@ def load_map(lib, model_id: int) -> LibraryMap:
 
 
 def update_map(lib, model_id: int, *, refit: bool = False, refit_share: float = 0.2, k: int | None = None,
-               progress: Callable[[str], None] | None = None) -> LibraryMap:
+               progress: ProgressFn | None = None) -> LibraryMap:
     """Bring the stored map up to date with the library's vectors for this model; returns the whole map."""
-    say = progress or (lambda _m: None)
+    clock = Stopwatch()
+    say = (lambda stage: progress(clock(0, None, phase=stage))) if progress else (lambda _stage: None)
     ids, vectors = library_vectors(lib, model_id)
     ids = np.asarray(ids, dtype=np.int64)
     vectors = np.asarray(vectors, dtype=np.float32)

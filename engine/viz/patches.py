@@ -9,11 +9,13 @@ by plain scaling of each axis, which is what :func:`patch_at`, :func:`patch_cent
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
+
+from engine.progress import Progress, ProgressFn
 
 __all__ = ["PatchTokens", "patch_at", "patch_center", "patch_tokens", "upsample_grid"]
 
@@ -41,7 +43,7 @@ def patch_tokens(
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 4,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[PatchTokens]:
     """Dense patch tokens for each image (an ``HxWx3`` uint8 RGB array or a path), in input order.
 
@@ -49,7 +51,7 @@ def patch_tokens(
     ``precision`` "auto" uses bf16 autocast where :func:`engine.device.pick_dtype` says the hardware is fast at it
     (AVX512-BF16/AMX CPUs, GPUs); "fp32", "bf16" and "fp16" force one. Paths are decoded with
     :func:`engine.imageio.load_rgb` (reduced-size JPEG decoding, since the image is shrunk anyway) and raise its
-    ``ImageDecodeError`` for unreadable files. ``progress(done, total)`` is called after each batch.
+    ``ImageDecodeError`` for unreadable files. ``progress`` is called after each batch.
     All inputs are decoded and resized before the first batch runs (so that equal grids can be grouped): pass a
     few dozen images per call, not a whole library.
     """
@@ -92,7 +94,7 @@ def patch_tokens(
                     results[i] = PatchTokens(np.ascontiguousarray(out[j]), grid, sizes[i])
                 done += len(chunk)
                 if progress is not None:
-                    progress(done, len(inputs))
+                    progress(Progress(done, len(inputs), phase="patch tokens"))
     return [r for r in results if r is not None]
 
 

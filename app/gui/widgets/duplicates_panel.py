@@ -36,7 +36,7 @@ def _find_task(report, cancelled, lib, model_source: str, near: float, scene: fl
     if model is None:
         raise ValueError(f"this library is not indexed with {model_source} yet")
     groups = dedup.find_duplicates(lib, model.id, near=near, scene=scene,  # raises Cancelled
-                                   progress=lambda d, t: report(d, t, "Comparing photos…"), cancel=cancelled)
+                                   progress=lambda p: report(p.done, p.total, "Comparing photos…"), cancel=cancelled)
     paths = {i: r for g in groups for i in g.image_ids if (r := lib.image(i)) is not None}  # grouped photos only
     return groups, paths
 

@@ -26,7 +26,7 @@ def _map_task(report, cancelled, lib, model_source: str, refit: bool, quick: boo
         if len(stored.ids):
             return stored, "stored", paths
         return quick_layout(lib, model.id), "pca", paths
-    return update_map(lib, model.id, refit=refit, progress=lambda m: report(0, 0, m)), "umap", paths
+    return update_map(lib, model.id, refit=refit, progress=lambda p: report(0, 0, p.phase)), "umap", paths
 
 
 class MapPanel(QWidget):

@@ -26,7 +26,8 @@ from app.gui.workers import Task, TaskRunner
 def _download(report, cancelled, name: str) -> str:
     from engine.models import zoo
 
-    return str(zoo.download(name, progress=lambda d, t: report(d, t or 0), cancel=cancelled))  # raises Cancelled
+    # a cancel raises engine.progress.Cancelled, which the Task reports as cancelled
+    return str(zoo.download(name, progress=lambda p: report(p.done, p.total or 0), cancel=cancelled))
 
 
 def _check_checkpoint(report, cancelled, path: str) -> str:

@@ -34,7 +34,8 @@ def _tokens_task(report, cancelled, models, paths: list[str], resolution: int):
 
     model = models.backbone()
     images = [load_rgb(p) for p in paths]
-    tokens = patch_tokens(model, images, resolution=resolution, progress=lambda d, t: report(d, t, "Patch tokens"))
+    tokens = patch_tokens(model, images, resolution=resolution,
+                          progress=lambda p: report(p.done, p.total, "Patch tokens"))
     return images, tokens
 
 
