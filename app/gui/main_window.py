@@ -8,30 +8,26 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QComboBox,
     QDockWidget,
-    QFileDialog,
-    QHBoxLayout,
     QInputDialog,
-    QLabel,
     QMainWindow,
     QMessageBox,
     QPushButton,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
+from app.gui.library_actions import LibraryActions, copy_sample_photos
 from app.gui.library_service import LibraryService
 from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.browse_tab import BrowseTab
 from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
 from app.gui.widgets.lazy_tab import LazyTab
-from app.gui.widgets.library_panel import LibraryPanel
+from app.gui.widgets.library_panel import LibraryPanel, choose_folder
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
-from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.widgets.viewer import Viewer
 from app.gui.workers import Task, TaskRunner
 
@@ -39,7 +35,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif",
                   ".avif"}
-SORTS = {"Name": "path", "Date taken": "captured_at", "Date added": "id"}
+MINIMUM_SIZE = (960, 640)  # everything stays readable down to here (checked at 1000×700)
 
 
 def settings_for_app() -> QSettings:
@@ -56,6 +52,7 @@ class MainWindow(QMainWindow):
         self.first_start_sample = first_start_sample
         self.setWindowTitle("Dinoscope")
         self.resize(1280, 820)
+        self.setMinimumSize(*MINIMUM_SIZE)
         self.setAcceptDrops(True)
         self.log_path = log_path
         self.settings = settings or settings_for_app()
@@ -66,14 +63,19 @@ class MainWindow(QMainWindow):
 
         # Left: the library and its folders.
         self.library_panel = LibraryPanel()
+        self.library_actions = LibraryActions(self)
         dock = QDockWidget("Library", self)
         dock.setObjectName("library_dock")
         dock.setWidget(self.library_panel)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        dock.setTitleBarWidget(QWidget())  # the panel names itself; the dock's title only repeated it
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
-        self.library_panel.add_folder_requested.connect(self.add_folder)
+        self.resizeDocks([dock], [250], Qt.Orientation.Horizontal)
+        self.library_dock = dock
+        self.library_panel.add_folder_requested.connect(self.library_actions.add_folder)
         self.library_panel.library_selected.connect(self.open_library)
         self.library_panel.show_errors_requested.connect(self.show_errors)
+        self.library_panel.folder_selected.connect(lambda f: self.browse.set_folder(f))
 
         self.task_bar = TaskBar()  # before the panels: they hand it their long tasks
 
@@ -108,6 +110,7 @@ class MainWindow(QMainWindow):
         self.search_panel.task_started.connect(self.task_bar.follow)
         self.viewer.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.viewer.region_search.connect(self._search_region)
+        self.viewer.show_in_folder_requested.connect(self.show_in_folder)
 
         # Bottom: model and device, running task.
         self.model_label = QPushButton()
@@ -126,31 +129,29 @@ class MainWindow(QMainWindow):
             self._open_start_library()
 
     # ------------------------------------------------------------------------------------------- layout
-    def _make_browse_tab(self) -> QWidget:
-        w = QWidget()
-        v = QVBoxLayout(w)
-        bar = QHBoxLayout()
-        bar.addWidget(QLabel("Sort by"))
-        self.sort_box = QComboBox()
-        self.sort_box.addItems(list(SORTS))
+    def _make_browse_tab(self) -> BrowseTab:
+        tab = BrowseTab(self.thumbs)
+        self.sort_box, self.grid, self.grid_status = tab.sort_box, tab.grid, tab.grid_status
+        self.tag_button, self.copy_button = tab.tag_button, tab.copy_button
         self.sort_box.currentTextChanged.connect(lambda _t: self.refresh_grid())
-        bar.addWidget(self.sort_box)
-        bar.addSpacing(16)
-        self.tag_button = QPushButton("Tag…")
-        self.tag_button.setToolTip("Give the selected photos a label")
         self.tag_button.clicked.connect(self._tag_selected)
-        bar.addWidget(self.tag_button)
-        self.copy_button = QPushButton("Copy to folder…")
-        self.copy_button.setToolTip("Copy the selected photos into a folder (nothing is moved or overwritten)")
         self.copy_button.clicked.connect(self._copy_selected)
-        bar.addWidget(self.copy_button)
-        bar.addStretch(1)
-        self.grid_status = QLabel()
-        bar.addWidget(self.grid_status)
-        v.addLayout(bar)
-        self.grid = ThumbnailGrid(self.thumbs)
-        v.addWidget(self.grid, 1)
-        return w
+        self.grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.grid.customContextMenuRequested.connect(self._grid_menu)
+        return tab
+
+    def _grid_menu(self, pos) -> None:
+        from app.gui.photo_menu import grid_menu_items, photo_menu
+
+        items = grid_menu_items(self.grid, pos)
+        if items:
+            self.grid_context_menu = photo_menu(self, self.grid, items)
+            self.grid_context_menu.popup(self.grid.viewport().mapToGlobal(pos))
+
+    def show_in_folder(self, path: str) -> None:
+        from app.gui.desktop import show_in_folder
+
+        show_in_folder(path, lambda message: self.statusBar().showMessage(message, 8000), self)
 
     def _make_map_panel(self) -> QWidget:
         from app.gui.widgets.map_panel import MapPanel
@@ -204,10 +205,13 @@ class MainWindow(QMainWindow):
         add.setShortcut(QKeySequence("Ctrl+O"))
         add.triggered.connect(self.library_panel._choose_folder)
         file_menu.addAction(add)
+        file_menu.addSeparator()
         quit_ = QAction("&Quit", self)
         quit_.setShortcut(QKeySequence.StandardKey.Quit)
         quit_.triggered.connect(self.close)
         file_menu.addAction(quit_)
+        self.library_menu = self.menuBar().addMenu("&Library")
+        self.library_actions.fill_menu(self.library_menu)
         model_menu = self.menuBar().addMenu("&Model")
         manage = QAction("&Models…", self)
         manage.triggered.connect(self.show_models)
@@ -236,16 +240,16 @@ class MainWindow(QMainWindow):
         from app.gui.resources import asset_path
 
         lib = self.libraries.open("sample")
-        sample = asset_path("sample")
-        if not sample.is_dir():
+        if not asset_path("sample").is_dir():
             return
+        sample = copy_sample_photos()
         lib.add_folder(str(sample))
         self.refresh_library()
         if not self.models.available_locally() and bundled_model() is not None:
             self.models.set_source(bundled_model())  # remembered: the library stays searchable with it
-            self.statusBar().showMessage(
-                f"Indexed with the bundled demo model; for DINOv2's features download {DEFAULT_MODEL} (Model ▸ "
-                "Models…)", 60000)
+            self.browse.show_notice(
+                f"The sample is indexed with the bundled demo model. For DINOv2's own features download "
+                f"{DEFAULT_MODEL} (Model ▸ Models…).")
         if self.models.available_locally():
             self.add_folder(str(sample))
         else:
@@ -266,18 +270,18 @@ class MainWindow(QMainWindow):
         if lib is None:
             return
         self.thumbs.clear()
+        rows = lib.image_paths(status="ok", order_by=self.browse.order)
         self.library_panel.show_library(Library.list_names(), lib.name, [str(f.path) for f in lib.folders()],
-                                        lib.counts())
-        self.refresh_grid()
+                                        lib.counts(), [p for _i, p in rows])
+        self.browse.set_folder(self.library_panel.selected_folder)
+        self.browse.show_rows(rows)
+        self.setWindowTitle(f"{lib.name} — Dinoscope")
 
     def refresh_grid(self) -> None:
         lib = self.libraries.library
         if lib is None:
             return
-        order = SORTS[self.sort_box.currentText()]
-        rows = lib.image_paths(status="ok", order_by=order)
-        self.grid.grid_model().set_items([GridItem(image_id, path) for image_id, path in rows])
-        self.grid_status.setText(f"{len(rows)} photos")
+        self.browse.show_rows(lib.image_paths(status="ok", order_by=self.browse.order))
 
     def _fetch_thumbnails(self, ids: list[int]) -> dict[int, bytes]:
         lib = self.libraries.library
@@ -289,7 +293,7 @@ class MainWindow(QMainWindow):
         if self.libraries.library is None:
             return None
         task = self.libraries.index_task([path], self.models.source, self.models.device_name)
-        return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self.refresh_library(),
+        return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
     def reindex(self) -> Task | None:
@@ -298,7 +302,7 @@ class MainWindow(QMainWindow):
         if lib is None:
             return None
         task = self.libraries.index_task([], self.models.source, self.models.device_name)
-        return self.run_task(task, "Updating the library", on_done=lambda _r: self.refresh_library(),
+        return self.run_task(task, "Updating the library", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
     def use_trained_model(self, path: str) -> Task | None:
@@ -307,13 +311,21 @@ class MainWindow(QMainWindow):
         return self.reindex()
 
     def _maybe_refresh_while_indexing(self) -> None:
-        """The grid fills while indexing runs: refresh at most every two seconds."""
+        """The grid and the counts follow the indexing run: at every step while the library is small (cheap), at
+        most every second once it is big."""
         import time
 
         now = time.monotonic()
-        if now - getattr(self, "_last_live_refresh", 0.0) > 2.0:
+        small = self.grid.grid_model().rowCount() < 2000
+        if (small or now - getattr(self, "_last_live_refresh", 0.0) > 1.0) and self.libraries.library is not None:
             self._last_live_refresh = now
+            self.browse.indexing = True
             self.refresh_grid()
+            self.library_panel.show_counts(self.libraries.library.counts())
+
+    def _indexing_ended(self) -> None:
+        self.browse.indexing = False
+        self.refresh_library()
 
     def tag(self, image_ids: list[int], name: str) -> int:
         from engine import labels
@@ -323,25 +335,29 @@ class MainWindow(QMainWindow):
         return n
 
     def _tag_selected(self) -> None:
+        self.tag_dialog([it.image_id for it in self.grid.selected_items()])
+
+    def tag_dialog(self, image_ids: list[int]) -> None:
         from engine import labels
 
-        picked = self.grid.selected_items()
-        if not picked or self.libraries.library is None:
+        if not image_ids or self.libraries.library is None:
             self.statusBar().showMessage("Select photos first", 5000)
             return
         names = labels.label_names(self.libraries.library)
-        name, ok = QInputDialog.getItem(self, "Tag photos", f"Label for {len(picked)} photos:", names, 0, True)
+        name, ok = QInputDialog.getItem(self, "Tag photos", f"Label for {len(image_ids)} photos:", names, 0, True)
         if ok and name.strip():
-            self.tag([it.image_id for it in picked], name)
+            self.tag(image_ids, name)
 
     def _copy_selected(self) -> None:
-        picked = self.grid.selected_items()
-        if not picked:
+        self.copy_dialog([it.path for it in self.grid.selected_items()])
+
+    def copy_dialog(self, paths: list[str]) -> None:
+        if not paths:
             self.statusBar().showMessage("Select photos first", 5000)
             return
-        dest = QFileDialog.getExistingDirectory(self, f"Copy {len(picked)} photos to")
+        dest = choose_folder(self, f"Copy {len(paths)} photos to")
         if dest:
-            self.copy_photos([it.path for it in picked], dest)
+            self.copy_photos(paths, dest)
 
     def copy_photos(self, paths: list[str], dest: str) -> Task:
         """Copy in a worker (hundreds of 12 MP files take a while), with progress and Cancel in the task bar."""
@@ -417,14 +433,19 @@ class MainWindow(QMainWindow):
             task.signals.finished.connect(on_done)
         if on_progress is not None:
             task.signals.progress.connect(on_progress)
-        task.signals.failed.connect(lambda msg, _tb: self.error(title + " failed", msg))
+        task.signals.failed.connect(lambda msg, tb: self.error(title + " failed", msg, tb))
         return self.runner.start(task)
 
-    def error(self, title: str, message: str) -> None:
-        """Errors say what happened and where the details are; they never pass silently."""
-        log.error("%s: %s", title, message)
-        where = f"\n\nDetails are in the log: {self.log_path}" if self.log_path else ""
-        QMessageBox.warning(self, title, message + where)
+    def error(self, title: str, message: str, traceback: str = "") -> QMessageBox:
+        """Errors say what happened in plain words; only a crash (a traceback) points at the log. The box does not
+        block: the window keeps painting and running tasks keep reporting."""
+        log.error("%s: %s%s", title, message, "\n" + traceback if traceback else "")
+        where = f"\n\nDetails are in the log: {self.log_path}" if traceback and self.log_path else ""
+        box = QMessageBox(QMessageBox.Icon.Warning, title, message + where, parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self.last_error = box
+        return box
 
     def closeEvent(self, event) -> None:
         self.runner.cancel_all()

@@ -5,13 +5,8 @@ Every picture comes from engine.viz; this widget only decides when to ask for on
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
-from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -66,6 +61,7 @@ def _exif_summary(path: str) -> str:
 
 class Viewer(QWidget):
     region_search = Signal(str, tuple)  # path, (x0, y0, x1, y1) in image pixels
+    show_in_folder_requested = Signal(str)
     status = Signal(str)
 
     def __init__(self, models, runner: TaskRunner, parent: QWidget | None = None) -> None:
@@ -224,18 +220,5 @@ class Viewer(QWidget):
         self.region_button.setChecked(False)
 
     def show_in_folder(self) -> None:
-        if not self.path:
-            return
-        folder = str(Path(self.path).parent)
-        if sys.platform.startswith("linux"):
-            # Most Linux file managers accept the file itself and select it; fall back to opening the folder.
-            try:
-                subprocess.Popen(["dbus-send", "--session", "--dest=org.freedesktop.FileManager1",
-                                  "--type=method_call", "/org/freedesktop/FileManager1",
-                                  "org.freedesktop.FileManager1.ShowItems",
-                                  f"array:string:{QUrl.fromLocalFile(self.path).toString()}", "string:"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                return
-            except OSError:
-                pass
-        QDesktopServices.openUrl(QUrl.fromLocalFile(folder))
+        if self.path:
+            self.show_in_folder_requested.emit(self.path)
