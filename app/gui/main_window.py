@@ -111,6 +111,8 @@ class MainWindow(QMainWindow):
         self.viewer.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.viewer.region_search.connect(self._search_region)
         self.viewer.show_in_folder_requested.connect(self.show_in_folder)
+        self.viewer.title_changed.connect(lambda _t: self._update_title())
+        self.tabs.currentChanged.connect(lambda _i: self._update_title())
 
         # Bottom: model and device, running task.
         self.model_label = QPushButton()
@@ -275,7 +277,13 @@ class MainWindow(QMainWindow):
                                         lib.counts(), [p for _i, p in rows])
         self.browse.set_folder(self.library_panel.selected_folder)
         self.browse.show_rows(rows)
-        self.setWindowTitle(f"{lib.name} — Dinoscope")
+        self._update_title()
+
+    def _update_title(self) -> None:
+        """The library's name; the photo's name and size while the viewer is shown (as photo viewers do)."""
+        viewer = self.tabs.currentWidget() is self.viewer and self.viewer.path
+        what = self.viewer.title_text() if viewer else self.libraries.name
+        self.setWindowTitle(f"{what} — Dinoscope" if what else "Dinoscope")
 
     def refresh_grid(self) -> None:
         lib = self.libraries.library
@@ -406,8 +414,13 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.search_panel)
         self.search_panel.search_region(path, box)
 
-    def open_photo(self, path: str, context: list[str] | None = None) -> None:
-        self.viewer.open(path, context or [])
+    def open_photo(self, path: str, context: list[str] | None = None, sequence: list[str] | None = None) -> None:
+        """Open in the viewer; Previous/Next walk ``sequence``, by default the list shown where it was opened."""
+        if sequence is None:
+            here = self.tabs.currentWidget()
+            grid = self.search_panel.grid if here is self.search_panel else self.grid
+            sequence = [it.path for it in grid.grid_model().items]
+        self.viewer.open(path, context or [], sequence if path in sequence else None)
         self.tabs.setCurrentWidget(self.viewer)
 
     def _open_from_grid(self, index) -> None:
