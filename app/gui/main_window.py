@@ -105,6 +105,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.training_tab, "Training")
         self.grid.doubleClicked.connect(self._open_from_grid)
         self.search_panel.open_photo.connect(self.open_photo)
+        self.last_search: tuple[list, list] = ([], [])  # for the Map tab, which is built on first open
+        self.search_panel.results_changed.connect(lambda q, r: setattr(self, "last_search", (q, r)))
         self.search_panel.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.search_panel.error.connect(self.error)
         self.search_panel.task_started.connect(self.task_bar.follow)
@@ -165,6 +167,7 @@ class MainWindow(QMainWindow):
         panel.open_photo.connect(lambda i: self.open_photo(self.libraries.library.image(i).path))
         self.libraries.opened.connect(lambda _lib: panel.load())
         self.search_panel.results_changed.connect(panel.show_search)
+        panel.show_search(*self.last_search)  # searches made before the tab was first opened
         panel.load()
         return panel
 
