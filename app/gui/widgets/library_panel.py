@@ -116,7 +116,7 @@ class LibraryPanel(QWidget):
         self.folders.addTopLevelItem(everything)
         current = everything
         for folder in folders:
-            top = QTreeWidgetItem(everything, [folder])
+            top = QTreeWidgetItem(everything, [os.path.basename(folder.rstrip("/\\")) or folder])
             top.setData(0, PathRole, folder)
             top.setToolTip(0, folder)
             items = {folder.rstrip("/\\"): top}

@@ -97,8 +97,10 @@ class MapPanel(QWidget):
         bar.addWidget(self.update_button)
         bar.addWidget(self.refit_button)
         bar.addStretch(1)
-        self.state = QLabel()
-        bar.addWidget(self.state)
+        for b in [*self.modes.buttons(), self.fit_button, self.update_button, self.refit_button]:
+            b.setFixedWidth(b.fontMetrics().horizontalAdvance(b.text()) + 28)
+        self.state = QLabel()  # in the side panel: the bar has no room for it in a small window
+        self.state.setWordWrap(True)
         self.view = MapView(cache)
         self.view.selection_changed.connect(self._selected)
         self.view.photo_activated.connect(self.open_photo)
@@ -126,7 +128,7 @@ class MapPanel(QWidget):
         self.selection = QStackedWidget()
         self.selection.addWidget(self.empty)
         self.selection.addWidget(self.grid)
-        for w, stretch in ((self.legend_title, 0), (self.legend, 2), (self.ring_note, 0),
+        for w, stretch in ((self.state, 0), (self.legend_title, 0), (self.legend, 2), (self.ring_note, 0),
                            (self.selection_title, 0), (self.selection, 5)):
             sv.addWidget(w, stretch)
         side.setMinimumWidth(230)

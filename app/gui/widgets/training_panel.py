@@ -152,7 +152,7 @@ class TrainingPanel(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         plots = QHBoxLayout()
-        plots.addWidget(self.loss_plot, 2)
+        plots.addWidget(self.loss_plot, 1)
         plots.addWidget(self.rate_plot, 1)
         layout.addLayout(plots, 1)
         layout.addWidget(self.speed_label)

@@ -93,10 +93,10 @@ class Viewer(QWidget):
         self.sequence: list[str] = []  # the list the photo was opened from: Previous / Next walk it
 
         nav = QHBoxLayout()
-        self.prev_button = QPushButton("◀ Previous")
+        self.prev_button = QPushButton("◀")
         self.prev_button.setToolTip("The previous photo of the list this one was opened from")
         self.prev_button.clicked.connect(self.show_previous)
-        self.next_button = QPushButton("Next ▶")
+        self.next_button = QPushButton("▶")
         self.next_button.setToolTip("The next photo of the list this one was opened from")
         self.next_button.clicked.connect(self.show_next)
         self.title = QLabel()
@@ -106,6 +106,8 @@ class Viewer(QWidget):
         self.fit_button.setToolTip("The whole photo in the window (small photos are enlarged at most 2×)")
         self.zoom100_button = QPushButton("100%")
         self.zoom100_button.setToolTip("One photo pixel per screen pixel; the wheel zooms in and out")
+        for b in (self.prev_button, self.next_button, self.fit_button, self.zoom100_button):
+            b.setFixedWidth(max(40, b.fontMetrics().horizontalAdvance(b.text()) + 24))
         bar = QHBoxLayout()
         self.parts_box = QCheckBox("Part colours (PCA)")
         self.parts_box.setToolTip("DINOv2's patch features reduced to three colours; the same part, the same colour")
