@@ -9,7 +9,6 @@ from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
-    QInputDialog,
     QMainWindow,
     QMessageBox,
     QPushButton,
@@ -20,12 +19,13 @@ from PySide6.QtWidgets import (
 from app.gui.library_actions import LibraryActions, copy_sample_photos
 from app.gui.library_service import LibraryService
 from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
+from app.gui.photo_actions import PhotoActions
 from app.gui.thumbnails import ThumbnailCache
 from app.gui.widgets.browse_tab import BrowseTab
 from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
 from app.gui.widgets.lazy_tab import LazyTab
-from app.gui.widgets.library_panel import LibraryPanel, choose_folder
+from app.gui.widgets.library_panel import LibraryPanel
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
 from app.gui.widgets.viewer import Viewer
@@ -44,7 +44,7 @@ def settings_for_app() -> QSettings:
     return QSettings(str(data_home.home() / "settings.ini"), QSettings.Format.IniFormat)
 
 
-class MainWindow(QMainWindow):
+class MainWindow(PhotoActions, QMainWindow):
     def __init__(self, log_path: Path | None = None, settings: QSettings | None = None,
                  first_start_sample: bool = True, open_library_now: bool = True) -> None:
         super().__init__()
@@ -143,19 +143,6 @@ class MainWindow(QMainWindow):
         self.grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.grid.customContextMenuRequested.connect(self._grid_menu)
         return tab
-
-    def _grid_menu(self, pos) -> None:
-        from app.gui.photo_menu import grid_menu_items, photo_menu
-
-        items = grid_menu_items(self.grid, pos)
-        if items:
-            self.grid_context_menu = photo_menu(self, self.grid, items)
-            self.grid_context_menu.popup(self.grid.viewport().mapToGlobal(pos))
-
-    def show_in_folder(self, path: str) -> None:
-        from app.gui.desktop import show_in_folder
-
-        show_in_folder(path, lambda message: self.statusBar().showMessage(message, 8000), self)
 
     def _make_map_panel(self) -> QWidget:
         from app.gui.widgets.map_panel import MapPanel
@@ -338,46 +325,6 @@ class MainWindow(QMainWindow):
         self.browse.indexing = False
         self.refresh_library()
 
-    def tag(self, image_ids: list[int], name: str) -> int:
-        from engine import labels
-
-        n = labels.tag(self.libraries.library, image_ids, name)
-        self.statusBar().showMessage(f"Tagged {n} photos “{name}”", 8000)
-        return n
-
-    def _tag_selected(self) -> None:
-        self.tag_dialog([it.image_id for it in self.grid.selected_items()])
-
-    def tag_dialog(self, image_ids: list[int]) -> None:
-        from engine import labels
-
-        if not image_ids or self.libraries.library is None:
-            self.statusBar().showMessage("Select photos first", 5000)
-            return
-        names = labels.label_names(self.libraries.library)
-        name, ok = QInputDialog.getItem(self, "Tag photos", f"Label for {len(image_ids)} photos:", names, 0, True)
-        if ok and name.strip():
-            self.tag(image_ids, name)
-
-    def _copy_selected(self) -> None:
-        self.copy_dialog([it.path for it in self.grid.selected_items()])
-
-    def copy_dialog(self, paths: list[str]) -> None:
-        if not paths:
-            self.statusBar().showMessage("Select photos first", 5000)
-            return
-        dest = choose_folder(self, f"Copy {len(paths)} photos to")
-        if dest:
-            self.copy_photos(paths, dest)
-
-    def copy_photos(self, paths: list[str], dest: str) -> Task:
-        """Copy in a worker (hundreds of 12 MP files take a while), with progress and Cancel in the task bar."""
-        task = Task(_copy_task, paths, dest, name="copy")
-        def done(copied) -> None:
-            self.statusBar().showMessage(f"Copied {len(copied)} of {len(paths)} photos to {dest}", 8000)
-
-        return self.run_task(task, f"Copying {len(paths)} photos", on_done=done)
-
     def show_errors(self) -> None:
         lib = self.libraries.library
         errors = lib.errors() if lib is not None else []
@@ -468,13 +415,6 @@ class MainWindow(QMainWindow):
         self.runner.wait(5000)
         self.thumbs.wait()
         super().closeEvent(event)
-
-
-def _copy_task(report, cancelled, paths: list[str], dest: str):
-    from engine.photo_files import copy_files
-
-    return copy_files(paths, dest, progress=lambda done, total: report(done, total, f"Copying {done}/{total}"),
-                      cancel=cancelled)
 
 
 def _image_paths(md) -> list[Path]:

@@ -158,3 +158,17 @@ def test_errors_are_plain_unless_something_crashed(qtbot, family_window) -> None
         with qtbot.waitSignal(task.signals.failed) as failed:
             win.runner.start(task)
         assert failed.args[0] == str(exc) and bool(failed.args[1]) is crash
+
+
+def test_folder_pickers_open_in_the_pictures_folder(qtbot, tmp_path, monkeypatch) -> None:
+    from PySide6.QtCore import QStandardPaths
+
+    from app.gui.widgets.library_panel import pictures_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    pictures = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.PicturesLocation)
+    assert Path(pictures).parent == tmp_path
+    assert pictures_folder() == str(tmp_path)  # no Pictures folder yet: home
+    Path(pictures).mkdir()
+    assert pictures_folder() == pictures

@@ -12,7 +12,6 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -182,7 +181,9 @@ class DuplicatesPanel(QWidget):
         others = self.others_in_current_group()
         if not others:
             return
-        dest = QFileDialog.getExistingDirectory(self, "Move the duplicates to")
+        from app.gui.widgets.library_panel import choose_folder
+
+        dest = choose_folder(self, "Move the duplicates to")
         if dest:
             self.move_others(dest, confirm=True)
 
