@@ -64,3 +64,28 @@ def test_the_window_stops_at_its_minimum_size(qtbot, family_window) -> None:
     win.resize(500, 300)
     assert (win.width(), win.height()) == MINIMUM_SIZE
     assert MINIMUM_SIZE[0] <= 1000 and MINIMUM_SIZE[1] <= 700
+
+
+@pytest.mark.parametrize("width", [1000, 2560])
+def test_task_bar_leaves_the_status_message_its_room(qtbot, family_window, width) -> None:
+    """A running task takes only the room it needs: a status message beside it is shown in full."""
+    import threading
+
+    from app.gui.workers import Task
+
+    win = family_window
+    win.resize(width, 800)
+    release = threading.Event()
+    task = Task(lambda _report, _cancelled: release.wait(30), name="wait")
+    win.run_task(task, "Indexing 12/42")
+    message = "42 results for 3 queries"
+    win.statusBar().showMessage(message)
+    qtbot.waitUntil(win.task_bar.isVisible)
+    qtbot.wait(50)
+    bar = win.task_bar
+    assert bar.width() <= bar.sizeHint().width() + 8
+    assert bar.cancel_button.width() <= bar.cancel_button.sizeHint().width() + 8
+    left_for_message = bar.x() - 8
+    assert left_for_message >= win.statusBar().fontMetrics().horizontalAdvance(message)
+    release.set()
+    qtbot.waitUntil(lambda: not bar.isVisible(), timeout=10000)

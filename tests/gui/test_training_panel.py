@@ -105,3 +105,5 @@ def test_training_tab_names_the_library_plots_speed_on_its_own_axis_and_follows_
         for plot in (panel.loss_plot, panel.rate_plot):
             assert plot.backgroundBrush().color() == base
             assert plot.getPlotItem().getAxis("left").textPen().color() == text
+            for _sample, label in plot.getPlotItem().legend.items:
+                assert QColor(label.opts["color"]) == text

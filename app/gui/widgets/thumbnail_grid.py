@@ -172,15 +172,19 @@ class ThumbnailGrid(QListView):
         self.grid_model().show_names = on
         self.viewport().update()
 
+    def _layout_width(self) -> int:
+        """The width Qt wraps items in: it keeps room for a vertical scroll bar that may appear."""
+        bar = 0 if self.verticalScrollBar().isVisible() else \
+            self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, self)
+        return self.viewport().width() - bar - 2
+
     def columns(self) -> int:
-        return max(1, self.viewport().width() // (self.icon_size + 12))
+        return max(1, self._layout_width() // (self.icon_size + 12))
 
     def _fill_width(self) -> None:
         """Spread the leftover width over the columns, so the grid reaches the right edge."""
-        width = self.viewport().width() - 2
-        cell = self.icon_size + 12
-        cols = max(1, width // cell)
-        self.setGridSize(QSize(max(cell, width // cols), self.icon_size + 30))
+        cols = self.columns()
+        self.setGridSize(QSize(max(self.icon_size + 12, self._layout_width() // cols), self.icon_size + 30))
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)

@@ -197,6 +197,8 @@ class TrainingPanel(QWidget):
                 axis.setTextPen(pg.mkPen(text))
             if item.legend is not None:
                 item.legend.setLabelTextColor(text)
+                for _sample, label in item.legend.items:  # entries added before take the colour too
+                    label.setText(label.text, color=text)
         self.curves["total"].setPen(pg.mkPen(text, width=2))  # the total loss in the text colour, readable on both
 
     def changeEvent(self, event) -> None:
