@@ -5,7 +5,17 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.gui.thumbnails import ThumbnailCache
 from app.gui.widgets.thumbnail_grid import MAX_ICON, MIN_ICON, GridItem, ThumbnailGrid
@@ -32,28 +42,28 @@ class BrowseTab(QWidget):
         self.sort_box = QComboBox()
         self.sort_box.addItems(list(SORTS))
         bar.addWidget(self.sort_box)
-        bar.addSpacing(12)
+        bar.addSpacing(8)
         self.tag_button = QPushButton("Tag…")
         self.tag_button.setToolTip("Give the selected photos a label")
         bar.addWidget(self.tag_button)
-        self.copy_button = QPushButton("Copy to folder…")
+        self.copy_button = QPushButton("Copy to…")
         self.copy_button.setToolTip("Copy the selected photos into a folder (nothing is moved or overwritten)")
         bar.addWidget(self.copy_button)
-        bar.addSpacing(12)
+        bar.addSpacing(8)
         self.names_box = QCheckBox("File names")
         self.names_box.setToolTip("Show each photo's file name under its thumbnail")
         bar.addWidget(self.names_box)
         bar.addStretch(1)
         self.grid_status = QLabel()
-        self.grid_status.setMinimumWidth(80)
+        self.grid_status.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Preferred)  # never cut
         bar.addWidget(self.grid_status)
-        bar.addSpacing(12)
+        bar.addSpacing(8)
         bar.addWidget(QLabel("Size"))
         self.size_slider = QSlider(Qt.Orientation.Horizontal)
         self.size_slider.setRange(MIN_ICON, MAX_ICON)
         self.size_slider.setSingleStep(16)
         self.size_slider.setPageStep(32)
-        self.size_slider.setMinimumWidth(110)
+        self.size_slider.setMinimumWidth(100)
         self.size_slider.setMaximumWidth(180)
         self.size_slider.setToolTip("Thumbnail size (Ctrl+wheel on the grid does the same)")
         bar.addWidget(self.size_slider)

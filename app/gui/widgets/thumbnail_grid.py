@@ -120,9 +120,12 @@ class ThumbnailDelegate(QStyledItemDelegate):
             painter.fillRect(r, option.palette.highlight())
         box = QRect(r.x() + (r.width() - self.size) // 2, r.y() + 4, self.size, self.size)
         icon = index.data(Qt.ItemDataRole.DecorationRole)
-        if isinstance(icon, QIcon):
-            icon.paint(painter, box, Qt.AlignmentFlag.AlignCenter)
         text = index.data(Qt.ItemDataRole.DisplayRole)
+        if isinstance(icon, QIcon):
+            # With a caption the picture sits on it (a landscape photo does not float away from its name).
+            bottom = Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom
+            where = bottom if text else Qt.AlignmentFlag.AlignCenter
+            icon.paint(painter, box, where)
         if text:
             strip = QRect(r.x() + 2, box.bottom() + 3, r.width() - 4, 18)
             colour = option.palette.highlightedText() if option.state & QStyle.StateFlag.State_Selected \
