@@ -31,13 +31,17 @@ def _gui(files: list[str]) -> int:
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
     ):
+        from app.cli import program_name
+
         print("error: no display to open the window on (DISPLAY is not set). The command line works without one:\n"
-              "  python -m app --help", file=sys.stderr)
+              f"  {program_name()} --help", file=sys.stderr)
         return 2
     try:
         from app.gui.application import run_gui
     except ImportError as e:  # e.g. a bundle or venv without Qt's system libraries
-        print(f"error: the window cannot start ({e}); the command line still works: python -m app --help",
+        from app.cli import program_name
+
+        print(f"error: the window cannot start ({e}); the command line still works: {program_name()} --help",
               file=sys.stderr)
         return 2
     return run_gui(files)

@@ -34,11 +34,25 @@ EPILOG = """examples:
 """
 
 
+def program_name(argv0: str | None = None) -> str:
+    """What the user typed to start us, for usage lines and examples: the bundle's launcher (``dinoscope-cli``),
+    an installed ``dinoscope`` script, or ``python -m app`` from a checkout."""
+    import os
+
+    if getattr(sys, "frozen", False):
+        return os.path.splitext(os.path.basename(sys.executable))[0]
+    base = os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else ""))
+    if not base or base in ("__main__.py", "-c", "-m") or base.startswith("python"):
+        return "python -m app"
+    return os.path.splitext(base)[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    prog = program_name()
     p = argparse.ArgumentParser(
-        prog="dinoscope",
+        prog=prog,
         description="Explore photo libraries through DINOv2 features.",
-        epilog=EPILOG,
+        epilog=EPILOG.replace("python -m app", prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,12 +1,13 @@
-"""Screenshots of the real app under Xvfb, as a person sees it: library, a drop, the viewer, the map, duplicates.
+"""Screenshots of the real app under Xvfb, as a person sees it, at one screen size per run.
 
-    python tools/screenshots.py --out shots/ [--model SOURCE]
+    python tools/screenshots.py --out shots/ [--size 1000x700] [--model SOURCE] [--only NAME,...]
 
-Starts Xvfb when DISPLAY is unset (Debian: apt-get install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1),
-opens the main window on the bundled sample library in a fresh DINOSCOPE_HOME, performs a real drop event with
-three sample photos, opens the viewer with the part colours, the map and the duplicates, and saves one PNG of the
-whole screen per step. Without --model it uses a random-weight tiny ViT: the pictures then show the app's
-mechanics, not DINOv2's semantics.
+Starts Xvfb at that size when DISPLAY is unset (Debian: apt-get install xvfb libxcb-cursor0 libxcb-icccm4
+libxcb-keysyms1), makes a fresh DINOSCOPE_HOME (offline: no zoo download is tried), and goes through a first start
+like a new user: the bundled sample library is copied and indexed (shot while it runs), then the grid at a small
+and a large thumbnail size, the Library menu, a real drop of three photos, the viewer with part colours and at
+100%, the map with its legend and a search ringed, the duplicates and the training tab. One PNG of the whole
+screen per view. Without --model the first start picks the bundled demo model by itself, as the app does offline.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def start_xvfb() -> subprocess.Popen | None:
+def start_xvfb(width: int, height: int) -> subprocess.Popen | None:
     if os.environ.get("DISPLAY"):
         return None
     if not shutil.which("Xvfb"):
         sys.exit("Xvfb is not installed: apt-get install -y xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1")
-    display = ":97"
-    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "1440x900x24"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+    display = f":{90 + os.getpid() % 9}"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
     os.environ["DISPLAY"] = display
     return proc
 
@@ -40,45 +41,48 @@ def start_xvfb() -> subprocess.Popen | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("shots"))
-    ap.add_argument("--model", default=None, help="a checkpoint or zoo name (default: a random tiny ViT)")
+    ap.add_argument("--size", default="1440x900", help="screen and window size, WIDTHxHEIGHT")
+    ap.add_argument("--model", default=None, help="a checkpoint or zoo name (default: what a first start picks)")
+    ap.add_argument("--only", default="", help="comma-separated view names to save (default: all)")
     args = ap.parse_args()
-    xvfb = start_xvfb()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    xvfb = start_xvfb(width, height)
     os.environ["QT_QPA_PLATFORM"] = "xcb"
+    os.environ.setdefault("DINOSCOPE_ZOO_URL", "http://127.0.0.1:9")  # offline, like a first start on a train
     home = Path(tempfile.mkdtemp(prefix="dinoscope-shots-"))
     os.environ["DINOSCOPE_HOME"] = str(home)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        return take(args, home)
+        return take(args, home, width, height)
     finally:
         if xvfb is not None:
             xvfb.terminate()
 
 
-def take(args: argparse.Namespace, home: Path) -> int:
-    import torch
+def take(args: argparse.Namespace, home: Path, width: int, height: int) -> int:
     from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
     from app.gui.main_window import MainWindow
-    from app.gui.resources import asset_path
 
-    model = args.model
-    if model is None:
-        from engine.models import DinoVisionTransformer
-        from tests.helpers import tiny_config
-
-        torch.manual_seed(0)
-        model = str(home / "tiny-random.pth")
-        torch.save(DinoVisionTransformer(tiny_config()).state_dict(), model)
+    only = {n for n in args.only.split(",") if n}
     app = QApplication.instance() or QApplication([])
     settings = QSettings(str(home / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("model/source", model)
+    if args.model:
+        settings.setValue("model/source", args.model)
     win = MainWindow(settings=settings, first_start_sample=True)
-    win.resize(1400, 860)
+    win.move(0, 0)
+    win.resize(width, height)
     win.show()
     win.statusBar().messageChanged.connect(lambda m: m and print(f"  status: {m}"))
     win.search_panel.error.connect(lambda t, m: print(f"  error: {t}: {m}"))
+
+    def pump(seconds: float = 0.6) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.02)
 
     def wait(cond, seconds: float = 300.0) -> None:
         end = time.monotonic() + seconds
@@ -88,63 +92,80 @@ def take(args: argparse.Namespace, home: Path) -> int:
                 raise TimeoutError("the app did not get there in time")
             time.sleep(0.02)
 
-    def shot(name: str) -> Path:
-        for _ in range(30):
-            app.processEvents()
-            time.sleep(0.02)
+    def thumbs_of(grid, n: int = 40) -> None:
+        model = grid.grid_model()
+        for row in range(min(n, model.rowCount())):
+            model.data(model.index(row), Qt.ItemDataRole.DecorationRole)
+        wait(lambda: all(win.thumbs._pixmaps.get(it.image_id) is not None for it in model.items[:n]), 60)
+
+    def shot(name: str) -> None:
+        pump()
+        if only and name not in only:
+            return
         path = args.out / f"{name}.png"
         app.primaryScreen().grabWindow(0).save(str(path))
         print(f"saved {path}")
-        return path
 
-    wait(lambda: not win.task_bar.isVisible() and win.grid.grid_model().rowCount() > 0)
-    grid = win.grid
-    for row in range(grid.grid_model().rowCount()):
-        grid.grid_model().data(grid.grid_model().index(row), Qt.ItemDataRole.DecorationRole)
-    wait(lambda: len(win.thumbs._pixmaps) >= min(30, grid.grid_model().rowCount()), 60)
-    shot("1-library")
+    # A first start: the sample is indexed while the window is up; the grid and counts fill as it goes.
+    wait(lambda: win.grid.grid_model().rowCount() > 0 or (win._shown and not win.task_bar.isVisible()), 300)
+    if win.task_bar.isVisible():
+        thumbs_of(win.grid, 20)
+        shot("0-first-start")
+    wait(lambda: not win.task_bar.isVisible(), 600)
+    thumbs_of(win.grid)
+    win.browse.size_slider.setValue(96)
+    thumbs_of(win.grid, 80)
+    shot("1-grid-small")
+    win.browse.size_slider.setValue(220)
+    win.browse.names_box.setChecked(True)
+    shot("1-grid-large-names")
+    win.browse.names_box.setChecked(False)
+    win.browse.size_slider.setValue(128)
 
-    sample = asset_path("sample")
+    win.library_menu.popup(win.mapToGlobal(win.menuBar().actionGeometry(win.library_menu.menuAction()).bottomLeft()))
+    shot("2-libraries-menu")
+    win.library_menu.hide()
+
+    sample = Path(win.libraries.library.folders()[0].path)
     dropped = [sample / "animals" / "chelsea-the-cat.png", sample / "animals" / "ladybird.jpg",
                sample / "objects" / "coffee.jpg"]
     md = QMimeData()
     md.setUrls([QUrl.fromLocalFile(str(p)) for p in dropped if p.exists()])
     # What a file manager's drag does: enter (the window accepts image files), then drop.
-    enter = QDragEnterEvent(QPointF(600, 400), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(win, enter)
-    drop = QDropEvent(QPointF(600, 400), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
-                      Qt.KeyboardModifier.NoModifier)
-    accepted = QApplication.sendEvent(win, drop)
-    tab = win.tabs.tabText(win.tabs.currentIndex())
-    print(f"  drop of {len(md.urls())} files sent (accepted={accepted}, tab={tab})")
-    wait(lambda: win.search_panel.grid.grid_model().rowCount() > 0, 120)
-    model_ = win.search_panel.grid.grid_model()
-    for row in range(model_.rowCount()):
-        model_.data(model_.index(row), Qt.ItemDataRole.DecorationRole)
-    wait(lambda: all(win.thumbs._pixmaps.get(it.image_id) is not None for it in model_.items[:20]), 60)
-    shot("2-drop-search")
+    where = QPointF(width / 2, height / 2)
+    QApplication.sendEvent(win, QDragEnterEvent(where.toPoint(), Qt.DropAction.CopyAction, md,
+                                                Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+    QApplication.sendEvent(win, QDropEvent(where, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
+                                           Qt.KeyboardModifier.NoModifier))
+    wait(lambda: bool(win.search_panel.results), 120)
+    thumbs_of(win.search_panel.grid)
+    shot("3-drop-search")
 
-    first = win.search_panel.results[0].path if win.search_panel.results else str(dropped[0])
-    win.open_photo(first, [r.path for r in win.search_panel.results[1:6]])
+    results = win.search_panel.results
+    first = next((r.path for r in results if "ladybird" in r.path), results[0].path)
+    win.open_photo(first)
     win.viewer.parts_box.setChecked(True)
-    wait(lambda: not win.viewer.view.overlay.pixmap().isNull(), 180)
-    shot("3-viewer-parts")
+    wait(lambda: not win.viewer.view.overlay.pixmap().isNull(), 300)
+    shot("4-viewer-parts")
+    win.viewer.parts_box.setChecked(False)
+    win.viewer.zoom100_button.click()
+    shot("4-viewer-100")
 
     win.tabs.setCurrentWidget(win.map_tab)
-    wait(lambda: win.map_panel.kind == "umap", 300)
-    shot("4-map")
+    wait(lambda: win.map_panel.kind == "umap", 600)
+    shot("5-map-legend")
+    panel = win.map_panel
+    panel.colour_by.setCurrentText("Folder")
+    panel.legend.itemClicked.emit(panel.legend.item(0))
+    shot("5-map-by-folder-selected")
 
     win.tabs.setCurrentWidget(win.duplicates_panel)
     task = win.duplicates_panel.find()
-    done = []
-    task.signals.finished.connect(lambda *_: done.append(1))
-    task.signals.failed.connect(lambda *_: done.append(0))
-    wait(lambda: bool(done), 120)
-    shot("5-duplicates")
+    wait(lambda: task.outcome is not None, 120)
+    shot("6-duplicates")
 
     win.tabs.setCurrentWidget(win.training_tab)
-    shot("6-training")
+    shot("7-training")
     win.close()
     return 0
 

@@ -10,6 +10,8 @@ from PySide6.QtCore import QObject, QSettings, Signal
 from app.gui.workers import Task
 from engine.progress import Cancelled
 
+LIVE_COMMIT = 16
+
 
 def _index_task(report, cancelled, library_root: str, folders: list[str], model_source: str, device: str) -> Any:
     from engine.store import Library
@@ -24,7 +26,10 @@ def _index_task(report, cancelled, library_root: str, folders: list[str], model_
             count = f"{p.done}/{p.total}" if p.total else f"{p.done} files"
             report(p.done, p.total or 0, f"{verb} {count}" + (f" · {p.failed} unreadable" if p.failed else ""))
 
-        result = index_library(lib, model_source, device=device, progress=progress, cancel=cancelled)
+        # Commits every LIVE_COMMIT photos, so the window's grid and counts follow the run (a first start on the
+        # 42-photo sample would otherwise show "0 photos" until the end).
+        result = index_library(lib, model_source, device=device, progress=progress, cancel=cancelled,
+                               commit_every=LIVE_COMMIT)
     if result.cancelled:
         raise Cancelled()
     return result
@@ -50,6 +55,46 @@ class LibraryService(QObject):
         self.settings.setValue("library/name", str(name_or_path))
         self.opened.emit(self.library)
         return self.library
+
+    def close(self) -> None:
+        if self.library is not None:
+            self.library.close()
+            self.library = None
+
+    def rename(self, new_name: str) -> Any:
+        """Rename the open library (its folder under the data folder); the photos do not move."""
+        from engine import data_home
+        from engine.store import Library, StoreError
+
+        lib = self.library
+        if lib is None:
+            raise StoreError("no library is open")
+        root, name = Library.resolve(new_name)  # checks the name
+        if lib.root.parent != data_home.libraries_dir():
+            raise StoreError(f"'{lib.name}' lives outside the data folder ({lib.root}); rename its folder instead")
+        if root.exists():
+            raise StoreError(f"there is already a library called '{name}'")
+        self.close()
+        lib.root.rename(root)
+        return self.open(name)
+
+    def remove(self) -> str:
+        """Delete the open library's own files (its database, vectors and thumbnails), never the photos."""
+        import shutil
+
+        from engine import data_home
+        from engine.store import StoreError
+
+        lib = self.library
+        if lib is None:
+            raise StoreError("no library is open")
+        if lib.root.parent != data_home.libraries_dir():
+            raise StoreError(f"'{lib.name}' lives outside the data folder ({lib.root}); it is left as it is")
+        self.close()
+        shutil.rmtree(lib.root)
+        if str(self.settings.value("library/name", "")) == lib.name:
+            self.settings.remove("library/name")
+        return lib.name
 
     def index_task(self, folders: list[str], model_source: str, device: str = "auto") -> Task:
         return Task(_index_task, str(self.library.root), folders, model_source, device, name="index")

@@ -9,24 +9,21 @@ from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
-    QComboBox,
     QDockWidget,
-    QFileDialog,
-    QHBoxLayout,
-    QInputDialog,
-    QLabel,
     QMainWindow,
     QMessageBox,
     QPushButton,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from app.gui.drops import Dropped, read_mime
+from app.gui.library_actions import LibraryActions, copy_sample_photos
 from app.gui.library_service import LibraryService
 from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
+from app.gui.photo_actions import PhotoActions
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.browse_tab import BrowseTab
 from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
 from app.gui.widgets.lazy_tab import LazyTab
@@ -34,13 +31,12 @@ from app.gui.widgets.library_panel import LibraryPanel
 from app.gui.widgets.panel import Panel, TaskPanel
 from app.gui.widgets.search_panel import SearchPanel
 from app.gui.widgets.task_bar import TaskBar
-from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.widgets.viewer import Viewer
 from app.gui.workers import Task, TaskRunner
 
 log = logging.getLogger(__name__)
 
-SORTS = {"Name": "path", "Date taken": "captured_at", "Date added": "id"}
+MINIMUM_SIZE = (960, 640)  # everything stays readable down to here (checked at 1000×700)
 
 
 def settings_for_app() -> QSettings:
@@ -49,7 +45,7 @@ def settings_for_app() -> QSettings:
     return QSettings(str(data_home.home() / "settings.ini"), QSettings.Format.IniFormat)
 
 
-class MainWindow(QMainWindow):
+class MainWindow(PhotoActions, QMainWindow):
     def __init__(self, log_path: Path | None = None, settings: QSettings | None = None,
                  first_start_sample: bool = True, open_library_now: bool = True) -> None:
         super().__init__()
@@ -57,6 +53,7 @@ class MainWindow(QMainWindow):
         self.first_start_sample = first_start_sample
         self.setWindowTitle("Dinoscope")
         self.resize(1280, 820)
+        self.setMinimumSize(*MINIMUM_SIZE)
         self.setAcceptDrops(True)
         self.log_path = log_path
         self.settings = settings or settings_for_app()
@@ -67,14 +64,19 @@ class MainWindow(QMainWindow):
 
         # Left: the library and its folders.
         self.library_panel = LibraryPanel()
+        self.library_actions = LibraryActions(self)
         dock = QDockWidget("Library", self)
         dock.setObjectName("library_dock")
         dock.setWidget(self.library_panel)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        dock.setTitleBarWidget(QWidget())  # the panel names itself; the dock's title only repeated it
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
-        self.library_panel.add_folder_requested.connect(self.add_folder)
+        self.resizeDocks([dock], [250], Qt.Orientation.Horizontal)
+        self.library_dock = dock
+        self.library_panel.add_folder_requested.connect(self.library_actions.add_folder)
         self.library_panel.library_selected.connect(self.open_library)
         self.library_panel.show_errors_requested.connect(self.show_errors)
+        self.library_panel.folder_selected.connect(lambda f: self.browse.set_folder(f))
 
         self.task_bar = TaskBar()  # before the panels: they hand it their long tasks
 
@@ -101,10 +103,14 @@ class MainWindow(QMainWindow):
         self.grid.activated.connect(self._open_from_grid)  # double-click, or Enter on the selected photo
         self.search_panel.open_photo.connect(
             lambda path, paths: self.open_photo(path, _near(paths, path), paths))
+        self.last_search: tuple[list, list] = ([], [])  # for the Map tab, which is built on first open
+        self.search_panel.results_changed.connect(lambda q, r: setattr(self, "last_search", (q, r)))
         self.connect_panel(self.search_panel)
         self.viewer.status.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.viewer.region_search.connect(self._search_region)
-        self._sequence: list[str] = []  # the list the viewer's photo came from (Left/Right walk it)
+        self.viewer.show_in_folder_requested.connect(self.show_in_folder)
+        self.viewer.title_changed.connect(lambda _t: self._update_title())
+        self.tabs.currentChanged.connect(lambda _i: self._update_title())
         self._return_tab: QWidget = self.browse  # where Escape in the viewer goes back to
         self._pending_files: list[Path] = []  # "Open with Dinoscope": searched once the library is ready
         self._indexing: Task | None = None
@@ -127,31 +133,16 @@ class MainWindow(QMainWindow):
             self._open_start_library()
 
     # ------------------------------------------------------------------------------------------- layout
-    def _make_browse_tab(self) -> QWidget:
-        w = QWidget()
-        v = QVBoxLayout(w)
-        bar = QHBoxLayout()
-        bar.addWidget(QLabel("Sort by"))
-        self.sort_box = QComboBox()
-        self.sort_box.addItems(list(SORTS))
+    def _make_browse_tab(self) -> BrowseTab:
+        tab = BrowseTab(self.thumbs)
+        self.sort_box, self.grid, self.grid_status = tab.sort_box, tab.grid, tab.grid_status
+        self.tag_button, self.copy_button = tab.tag_button, tab.copy_button
         self.sort_box.currentTextChanged.connect(lambda _t: self.refresh_grid())
-        bar.addWidget(self.sort_box)
-        bar.addSpacing(16)
-        self.tag_button = QPushButton("Tag…")
-        self.tag_button.setToolTip("Give the selected photos a label")
         self.tag_button.clicked.connect(self._tag_selected)
-        bar.addWidget(self.tag_button)
-        self.copy_button = QPushButton("Copy to folder…")
-        self.copy_button.setToolTip("Copy the selected photos into a folder (nothing is moved or overwritten)")
         self.copy_button.clicked.connect(self._copy_selected)
-        bar.addWidget(self.copy_button)
-        bar.addStretch(1)
-        self.grid_status = QLabel()
-        bar.addWidget(self.grid_status)
-        v.addLayout(bar)
-        self.grid = ThumbnailGrid(self.thumbs)
-        v.addWidget(self.grid, 1)
-        return w
+        self.grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.grid.customContextMenuRequested.connect(self._grid_menu)
+        return tab
 
     def _make_map_panel(self) -> QWidget:
         from app.gui.widgets.map_panel import MapPanel
@@ -161,6 +152,7 @@ class MainWindow(QMainWindow):
         panel.open_photo.connect(lambda i: self.open_photo(self.libraries.library.image(i).path))
         self.libraries.opened.connect(lambda _lib: panel.load())
         self.search_panel.results_changed.connect(panel.show_search)
+        panel.show_search(*self.last_search)  # searches made before the tab was first opened
         panel.load()
         return panel
 
@@ -212,6 +204,7 @@ class MainWindow(QMainWindow):
         add.setShortcut(QKeySequence("Ctrl+O"))
         add.triggered.connect(self.library_panel.choose_folder)
         file_menu.addAction(add)
+        file_menu.addSeparator()
         quit_ = QAction("&Quit", self)
         quit_.setShortcut(QKeySequence.StandardKey.Quit)
         quit_.triggered.connect(self.close)
@@ -228,6 +221,8 @@ class MainWindow(QMainWindow):
         edit_menu.addAction(paste_add)
         for action in (paste, paste_add):  # keep working with the menu bar hidden (and offscreen)
             self.addAction(action)
+        self.library_menu = self.menuBar().addMenu("&Library")
+        self.library_actions.fill_menu(self.library_menu)
         model_menu = self.menuBar().addMenu("&Model")
         manage = QAction("&Models…", self)
         manage.triggered.connect(self.show_models)
@@ -256,16 +251,16 @@ class MainWindow(QMainWindow):
         from app.gui.resources import asset_path
 
         lib = self.libraries.open("sample")
-        sample = asset_path("sample")
-        if not sample.is_dir():
+        if not asset_path("sample").is_dir():
             return
+        sample = copy_sample_photos()
         lib.add_folder(str(sample))
         self.refresh_library()
         if not self.models.available_locally() and bundled_model() is not None:
             self.models.set_source(bundled_model())  # remembered: the library stays searchable with it
-            self.statusBar().showMessage(
-                f"Indexed with the bundled demo model; for DINOv2's features download {DEFAULT_MODEL} (Model ▸ "
-                "Models…)", 60000)
+            self.browse.show_notice(
+                f"The sample is indexed with the bundled demo model. For DINOv2's own features download "
+                f"{DEFAULT_MODEL} (Model ▸ Models…).")
         if self.models.available_locally():
             self.add_folder(str(sample))
         else:
@@ -286,18 +281,24 @@ class MainWindow(QMainWindow):
         if lib is None:
             return
         self.thumbs.clear()
+        rows = lib.image_paths(status="ok", order_by=self.browse.order)
         self.library_panel.show_library(Library.list_names(), lib.name, [str(f.path) for f in lib.folders()],
-                                        lib.counts())
-        self.refresh_grid()
+                                        lib.counts(), [p for _i, p in rows])
+        self.browse.set_folder(self.library_panel.selected_folder)
+        self.browse.show_rows(rows)
+        self._update_title()
+
+    def _update_title(self) -> None:
+        """The library's name; the photo's name and size while the viewer is shown (as photo viewers do)."""
+        viewer = self.tabs.currentWidget() is self.viewer and self.viewer.path
+        what = self.viewer.title_text() if viewer else self.libraries.name
+        self.setWindowTitle(f"{what} — Dinoscope" if what else "Dinoscope")
 
     def refresh_grid(self) -> None:
         lib = self.libraries.library
         if lib is None:
             return
-        order = SORTS[self.sort_box.currentText()]
-        rows = lib.image_paths(status="ok", order_by=order)
-        self.grid.grid_model().set_items([GridItem(image_id, path) for image_id, path in rows])
-        self.grid_status.setText(f"{len(rows)} photos")
+        self.browse.show_rows(lib.image_paths(status="ok", order_by=self.browse.order))
 
     def _fetch_thumbnails(self, ids: list[int]) -> dict[int, bytes]:
         lib = self.libraries.library
@@ -310,7 +311,7 @@ class MainWindow(QMainWindow):
             return None
         task = self.libraries.index_task([path], self.models.source, self.models.device_name)
         self._indexing = task
-        return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self.refresh_library(),
+        return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
     def reindex(self) -> Task | None:
@@ -320,7 +321,7 @@ class MainWindow(QMainWindow):
             return None
         task = self.libraries.index_task([], self.models.source, self.models.device_name)
         self._indexing = task
-        return self.run_task(task, "Updating the library", on_done=lambda _r: self.refresh_library(),
+        return self.run_task(task, "Updating the library", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
 
     def use_trained_model(self, path: str) -> Task | None:
@@ -329,49 +330,21 @@ class MainWindow(QMainWindow):
         return self.reindex()
 
     def _maybe_refresh_while_indexing(self) -> None:
-        """The grid fills while indexing runs: refresh at most every two seconds."""
+        """The grid and the counts follow the indexing run: at every step while the library is small (cheap), at
+        most every second once it is big."""
         import time
 
         now = time.monotonic()
-        if now - getattr(self, "_last_live_refresh", 0.0) > 2.0:
+        small = self.grid.grid_model().rowCount() < 2000
+        if (small or now - getattr(self, "_last_live_refresh", 0.0) > 1.0) and self.libraries.library is not None:
             self._last_live_refresh = now
+            self.browse.indexing = True
             self.refresh_grid()
+            self.library_panel.show_counts(self.libraries.library.counts())
 
-    def tag(self, image_ids: list[int], name: str) -> int:
-        from engine import labels
-
-        n = labels.tag(self.libraries.library, image_ids, name)
-        self.statusBar().showMessage(f"Tagged {n} photos “{name}”", 8000)
-        return n
-
-    def _tag_selected(self) -> None:
-        from engine import labels
-
-        picked = self.grid.selected_items()
-        if not picked or self.libraries.library is None:
-            self.statusBar().showMessage("Select photos first", 5000)
-            return
-        names = labels.label_names(self.libraries.library)
-        name, ok = QInputDialog.getItem(self, "Tag photos", f"Label for {len(picked)} photos:", names, 0, True)
-        if ok and name.strip():
-            self.tag([it.image_id for it in picked], name)
-
-    def _copy_selected(self) -> None:
-        picked = self.grid.selected_items()
-        if not picked:
-            self.statusBar().showMessage("Select photos first", 5000)
-            return
-        dest = QFileDialog.getExistingDirectory(self, f"Copy {len(picked)} photos to")
-        if dest:
-            self.copy_photos([it.path for it in picked], dest)
-
-    def copy_photos(self, paths: list[str], dest: str) -> Task:
-        """Copy in a worker (hundreds of 12 MP files take a while), with progress and Cancel in the task bar."""
-        task = Task(_copy_task, paths, dest, name="copy")
-        def done(copied) -> None:
-            self.statusBar().showMessage(f"Copied {len(copied)} of {len(paths)} photos to {dest}", 8000)
-
-        return self.run_task(task, f"Copying {len(paths)} photos", on_done=done)
+    def _indexing_ended(self) -> None:
+        self.browse.indexing = False
+        self.refresh_library()
 
     def show_errors(self) -> None:
         lib = self.libraries.library
@@ -449,28 +422,22 @@ class MainWindow(QMainWindow):
         self.search_panel.search_region(path, box)
 
     def open_photo(self, path: str, context: list[str] | None = None, sequence: list[str] | None = None) -> None:
-        """Show a photo in the viewer; `sequence` is the list it came from (Left/Right), `context` the photos
-        near it (joint part colours)."""
+        """Open in the viewer; Left/Right (and Previous/Next) walk ``sequence``, by default the list shown where it
+        was opened; Escape goes back there."""
         current = self.tabs.currentWidget()
         if current is not self.viewer:
             self._return_tab = current
-        self._sequence = list(sequence) if sequence else [path]
-        self.viewer.open(path, context or [])
+        if sequence is None:
+            grid = self.search_panel.grid if current is self.search_panel else self.grid
+            sequence = [it.path for it in grid.grid_model().items]
+        self.viewer.open(path, context or [], sequence if path in sequence else None)
         self.tabs.setCurrentWidget(self.viewer)
-
-    def step_photo(self, delta: int) -> None:
-        """The previous or next photo of the list the viewer's photo came from."""
-        if self.viewer.path not in self._sequence:
-            return
-        i = self._sequence.index(self.viewer.path) + delta
-        if 0 <= i < len(self._sequence):
-            self.viewer.open(self._sequence[i], _near(self._sequence, self._sequence[i]))
 
     def leave_viewer(self) -> None:
         self.tabs.setCurrentWidget(self._return_tab)
 
     def _make_shortcuts(self) -> None:
-        keys = ((Qt.Key.Key_Left, lambda: self.step_photo(-1)), (Qt.Key.Key_Right, lambda: self.step_photo(1)),
+        keys = ((Qt.Key.Key_Left, self.viewer.show_previous), (Qt.Key.Key_Right, self.viewer.show_next),
                 (Qt.Key.Key_Escape, self.leave_viewer))
         for key, slot in keys:
             sc = QShortcut(QKeySequence(key), self.viewer)
@@ -498,27 +465,25 @@ class MainWindow(QMainWindow):
             task.signals.finished.connect(on_done)
         if on_progress is not None:
             task.signals.progress.connect(on_progress)
-        task.signals.failed.connect(lambda msg, _tb: self.error(title + " failed", msg))
+        task.signals.failed.connect(lambda msg, tb: self.error(title + " failed", msg, tb))
         return self.runner.start(task)
 
-    def error(self, title: str, message: str) -> None:
-        """Errors say what happened and where the details are; they never pass silently."""
-        log.error("%s: %s", title, message)
-        where = f"\n\nDetails are in the log: {self.log_path}" if self.log_path else ""
-        QMessageBox.warning(self, title, message + where)
+    def error(self, title: str, message: str, traceback: str = "") -> QMessageBox:
+        """Errors say what happened in plain words; only a crash (a traceback) points at the log. The box does not
+        block: the window keeps painting and running tasks keep reporting."""
+        log.error("%s: %s%s", title, message, "\n" + traceback if traceback else "")
+        where = f"\n\nDetails are in the log: {self.log_path}" if traceback and self.log_path else ""
+        box = QMessageBox(QMessageBox.Icon.Warning, title, message + where, parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self.last_error = box
+        return box
 
     def closeEvent(self, event) -> None:
         self.runner.cancel_all()
         self.runner.wait(5000)
         self.thumbs.wait()
         super().closeEvent(event)
-
-
-def _copy_task(report, cancelled, paths: list[str], dest: str):
-    from engine.photo_files import copy_files
-
-    return copy_files(paths, dest, progress=lambda p: report(p.done, p.total, f"Copying {p.done}/{p.total}"),
-                      cancel=cancelled)
 
 
 def _near(paths: list[str], path: str) -> list[str]:

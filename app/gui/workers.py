@@ -20,10 +20,19 @@ from engine.progress import Cancelled
 log = logging.getLogger(__name__)
 
 
+def _plain(e: Exception) -> bool:
+    """An error the message explains by itself (a bad file, a missing model, a full disk), not a crash."""
+    from engine.models.download import DownloadError
+    from engine.store import StoreError
+
+    plain = OSError | ValueError | StoreError | DownloadError
+    return isinstance(e, plain) and not isinstance(e, KeyError | IndexError | UnicodeError)
+
+
 class TaskSignals(QObject):
     progress = Signal(int, int, str)  # done, total (0 = unknown), text
     finished = Signal(object)  # the function's return value
-    failed = Signal(str, str)  # message for the user, traceback for the log
+    failed = Signal(str, str)  # message for the user; the traceback when it was a crash, "" for a plain error
     cancelled = Signal()
 
 
@@ -59,7 +68,7 @@ class Task(QRunnable):
             tb = traceback.format_exc()
             log.error("task %s failed: %s\n%s", self.name, e, tb)
             self.error, self.outcome = str(e) or type(e).__name__, "failed"
-            self.signals.failed.emit(self.error, tb)
+            self.signals.failed.emit(self.error, "" if _plain(e) else tb)
             return
         if self.is_cancelled():
             self.outcome = "cancelled"

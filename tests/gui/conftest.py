@@ -28,3 +28,54 @@ def zoo_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield root
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A random-weight tiny ViT in the official .pth layout."""
+    import torch
+
+    from engine.models import DinoVisionTransformer
+    from tests.helpers import tiny_config
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pth"
+    torch.save(DinoVisionTransformer(tiny_config()).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def family(tmp_path: Path, skimage_data_dir: Path, tiny_checkpoint: Path):
+    """A library "family" over real photos in two subfolders (pets/, things/), indexed with the tiny model, and
+    the settings that open it."""
+    from PIL import Image
+    from PySide6.QtCore import QSettings
+
+    from engine.store import Library
+    from engine.store.indexer import index_library
+
+    root = tmp_path / "photos"
+    layout = {"pets": ["chelsea.png", "astronaut.png"], "things": ["coffee.png", "rocket.jpg", "motorcycle_left.png"]}
+    for sub, names in layout.items():
+        (root / sub).mkdir(parents=True)
+        for name in names:
+            img = Image.open(skimage_data_dir / name).convert("RGB")
+            img.thumbnail((320, 320))
+            img.save(root / sub / f"{Path(name).stem}.jpg", quality=90)
+    with Library.open("family") as lib:
+        index_library(lib, str(tiny_checkpoint), folders=[str(root)], device="cpu")
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("library/name", "family")
+    settings.setValue("model/source", str(tiny_checkpoint))
+    return root, settings
+
+
+@pytest.fixture
+def family_window(qtbot, family):
+    from app.gui.main_window import MainWindow
+
+    win = MainWindow(settings=family[1], first_start_sample=False)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    return win

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 
 from app.gui.main_window import MainWindow
 from engine.models import DinoVisionTransformer
@@ -49,6 +49,12 @@ def test_finds_a_duplicate_pair_and_moves_the_copy_away(qtbot, tmp_path: Path, s
     assert Path(panel.records[group.keeper_id].path).name == "cat.jpg"  # the larger file is kept
     panel.group_list.setCurrentRow(panel.groups.index(group))
     assert panel.compare.item(0).text().startswith("★ keeper · cat.jpg")
+    # The group list names the keeper in full with its thumbnail; the "Looking for duplicates…" message is gone.
+    row = panel.group_list.item(panel.groups.index(group))
+    assert row.text().splitlines()[0] == "cat.jpg" and str(photos / "cat-small.jpg") in row.toolTip()
+    qtbot.waitUntil(lambda: not row.icon().isNull(), timeout=10000)
+    assert panel.group_list.textElideMode() == Qt.TextElideMode.ElideNone and panel.group_list.wordWrap()
+    assert "Looking for duplicates" not in win.statusBar().currentMessage()
 
     dest = tmp_path / "moved"
     with qtbot.waitSignal(panel.files_moved, timeout=10000):

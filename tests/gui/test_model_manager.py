@@ -26,7 +26,7 @@ def test_download_shows_progress_then_offers_use(qtbot, zoo_mirror: Path) -> Non
     runner = TaskRunner()
     dlg = ModelManager(runner, "dinov2_vits14")
     qtbot.addWidget(dlg)
-    row = list(zoo.ZOO).index("dinov2_vitb14")
+    row = dlg.names().index("dinov2_vitb14")
     assert dlg.table.item(row, 3).text() == "not downloaded"
     task = dlg.start_download("dinov2_vitb14")
     bar = dlg.table.cellWidget(row, 3)
@@ -66,3 +66,22 @@ def test_load_checkpoint_validates_strictly(qtbot, tmp_path: Path, monkeypatch) 
     qtbot.waitUntil(lambda: bool(warnings))
     assert "bad.pth" in warnings[0]
     runner.wait()
+
+
+def test_lists_the_bundled_demo_model_and_marks_the_recommended_download(qtbot) -> None:
+    from app.gui.model_service import DEFAULT_MODEL, bundled_model
+
+    runner = TaskRunner()
+    dlg = ModelManager(runner, DEFAULT_MODEL)
+    qtbot.addWidget(dlg)
+    demo = bundled_model()
+    assert demo is not None and dlg.names()[0] == demo
+    assert dlg.table.item(0, 0).text() == "Dinoscope tiny demo (bundled)"
+    assert dlg.table.item(0, 3).text() == "ready" and dlg.table.item(0, 2).text() == "included"
+    recommended = dlg.table.item(dlg.names().index(DEFAULT_MODEL), 0)
+    assert recommended.text() == f"{DEFAULT_MODEL} (recommended)" and recommended.font().bold()
+    others = [dlg.table.item(r, 0) for r in range(1, dlg.table.rowCount()) if dlg.names()[r] != DEFAULT_MODEL]
+    assert others and not any("recommended" in it.text() or it.font().bold() for it in others)
+    with qtbot.waitSignal(dlg.model_chosen) as chosen:
+        dlg.table.cellWidget(0, 4).click()
+    assert chosen.args == [demo] and dlg.table.item(0, 3).text() == "in use"

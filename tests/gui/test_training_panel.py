@@ -61,3 +61,49 @@ def test_bundled_app_starts_its_console_launcher_and_a_failed_start_says_why(qtb
         panel.start()
     assert "Could not start the trainer" in failed.args[1] and "dinoscope-cli" in failed.args[1]
     assert panel.process is None and panel.start_button.isEnabled()
+
+
+def test_training_tab_names_the_library_plots_speed_on_its_own_axis_and_follows_the_palette(
+        qtbot, tmp_path: Path, family) -> None:
+    import json
+
+    from PySide6.QtGui import QColor, QPalette
+
+    libraries = LibraryService(family[1])
+    lib = libraries.open("family")
+    panel = TrainingPanel(libraries)
+    qtbot.addWidget(panel)
+    panel.refresh_sources()
+    assert panel.data.currentText() == "Library “family”"  # a name, not library:/some/long/path
+    args = panel.command(resume=False)
+    assert args[args.index("--library") + 1] == str(lib.root)
+    panel.data.setEditText(str(tmp_path))  # a folder typed in instead
+    assert "--library" not in panel.command(resume=False) and str(tmp_path) in panel.command(resume=False)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    steps = [{"event": "train", "step": s, "lr": 1e-4 * s, "images_per_s": 40.0 + s, "losses": {"total": 9.0 - s}}
+             for s in range(1, 6)]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in steps))
+    from app.gui.widgets.training_panel import EventTail
+
+    panel.tail = EventTail(run / "events.jsonl")
+    panel.poll()
+    xs, speeds = panel.speed_curve.getData()
+    assert list(xs) == [1, 2, 3, 4, 5] and list(speeds) == [41.0, 42.0, 43.0, 44.0, 45.0]
+    # images/s lives on the right-hand axis, the learning rate on the left: two scales, not one.
+    assert panel.speed_curve.getViewBox() is panel.speed_view
+    assert panel.lr_curve.getViewBox() is panel.rate_plot.getPlotItem().getViewBox()
+    assert panel.rate_plot.getPlotItem().getAxis("right").isVisible()
+    assert panel.log_label.text() == "Trainer output" and panel.log_label.buddy() is panel.log
+
+    for base, text in ((QColor("#ffffff"), QColor("#101010")), (QColor("#202124"), QColor("#e8e8e8"))):
+        pal = QPalette(panel.palette())
+        pal.setColor(QPalette.ColorRole.Base, base)
+        pal.setColor(QPalette.ColorRole.Text, text)
+        panel.setPalette(pal)
+        for plot in (panel.loss_plot, panel.rate_plot):
+            assert plot.backgroundBrush().color() == base
+            assert plot.getPlotItem().getAxis("left").textPen().color() == text
+            for _sample, label in plot.getPlotItem().legend.items:
+                assert QColor(label.opts["color"]) == text

@@ -12,7 +12,6 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -79,6 +78,11 @@ class DuplicatesPanel(QWidget):
         top.addWidget(self.summary)
 
         self.group_list = QListWidget()
+        self.group_list.setIconSize(QSize(64, 64))
+        self.group_list.setWordWrap(True)  # full file names, on two lines if need be, never cut
+        self.group_list.setTextElideMode(Qt.TextElideMode.ElideNone)
+        self.group_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.group_list.setMinimumWidth(240)
         self.group_list.currentRowChanged.connect(self.show_group)
         self.compare = QListWidget()
         self.compare.setViewMode(QListWidget.ViewMode.IconMode)
@@ -97,7 +101,9 @@ class DuplicatesPanel(QWidget):
         split = QSplitter()
         split.addWidget(self.group_list)
         split.addWidget(right)
-        split.setStretchFactor(1, 3)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 2)
+        split.setSizes([320, 640])
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(split, 1)
@@ -123,13 +129,18 @@ class DuplicatesPanel(QWidget):
         for g in self.groups:
             keeper = self.records.get(g.keeper_id)
             name = Path(keeper.path).name if keeper else str(g.keeper_id)
-            self.group_list.addItem(f"{TIER_NAMES[g.tier]} · {len(g.image_ids)} photos · {name}")
+            item = QListWidgetItem(f"{name}\n{TIER_NAMES[g.tier]} · {len(g.image_ids)} photos")
+            item.setData(Qt.ItemDataRole.UserRole, g.keeper_id)
+            item.setToolTip("\n".join(self.records[i].path for i in g.image_ids if i in self.records))
+            self.group_list.addItem(item)
+        self.status.emit("")  # "Looking for duplicates…" is over: the summary says what was found
         spare = sum(len(g.image_ids) - 1 for g in self.groups)
         self.summary.setText(f"{len(self.groups)} groups; {spare} photos beyond the keepers")
         if self.groups:
             self.group_list.setCurrentRow(0)
         else:
             self.compare.clear()
+        self._refresh_icons()
 
     def show_group(self, row: int) -> None:
         self.compare.clear()
@@ -150,11 +161,14 @@ class DuplicatesPanel(QWidget):
         self._refresh_icons()
 
     def _refresh_icons(self) -> None:
-        for i in range(self.compare.count()):
-            item = self.compare.item(i)
-            pix = self.cache.get(item.data(Qt.ItemDataRole.UserRole))
-            if pix is not None and not pix.isNull():
-                item.setIcon(QIcon(pix))
+        for view in (self.compare, self.group_list):
+            for i in range(view.count()):
+                item = view.item(i)
+                if not item.icon().isNull():
+                    continue
+                pix = self.cache.get(item.data(Qt.ItemDataRole.UserRole))
+                if pix is not None and not pix.isNull():
+                    item.setIcon(QIcon(pix))
 
     def others_in_current_group(self) -> list[str]:
         row = self.group_list.currentRow()
@@ -167,7 +181,9 @@ class DuplicatesPanel(QWidget):
         others = self.others_in_current_group()
         if not others:
             return
-        dest = QFileDialog.getExistingDirectory(self, "Move the duplicates to")
+        from app.gui.widgets.library_panel import choose_folder
+
+        dest = choose_folder(self, "Move the duplicates to")
         if dest:
             self.move_others(dest, confirm=True)
 

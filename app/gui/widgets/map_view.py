@@ -9,17 +9,26 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QColor, QPainterPath, QPen
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsPixmapItem, QLabel, QWidget
 
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.map_colours import colour_of
 from engine.viz.selection import PointLocator, points_in_box, points_in_polygon
 
-# 20 well-separated colours (Tableau 20 order), cycled for more clusters.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
-           "#dbdb8d", "#9edae5"]
 THUMBS_BELOW = 150  # visible photos under which dots become thumbnails
+FRAME = 3  # pixels of the group's colour around a thumbnail on the map
+
+
+def framed(pix: QPixmap, colour: str, size: int = 72) -> QPixmap:
+    """A thumbnail inside a frame of its group's colour, so the colours still read when dots become photos."""
+    inner = pix.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+    out = QPixmap(inner.width() + 2 * FRAME, inner.height() + 2 * FRAME)
+    out.fill(QColor(colour))
+    painter = QPainter(out)
+    painter.drawPixmap(FRAME, FRAME, inner)
+    painter.end()
+    return out
 
 
 class _SelectViewBox(pg.ViewBox):
@@ -73,18 +82,24 @@ class MapView(pg.PlotWidget):
         self.setBackground("#1c1c20")
         self.hideAxis("left")
         self.hideAxis("bottom")
+        self.getPlotItem().hideButtons()  # pyqtgraph's unlabelled auto-range "A"; the panel has a "Fit" button
         self.getViewBox().setAspectLocked(True)
-        self.scatter = pg.ScatterPlotItem(size=5, pen=None, pxMode=True)
+        self.scatter = pg.ScatterPlotItem(size=6, pen=None, pxMode=True)
         self.highlight = pg.ScatterPlotItem(size=13, pxMode=True, brush=None)
         self.highlight.setZValue(10)
+        self.selection_item = pg.ScatterPlotItem(size=10, pxMode=True, pen=pg.mkPen("#ffffff", width=1.5),
+                                                 brush=pg.mkBrush(255, 255, 255, 90))
+        self.selection_item.setZValue(8)
         self.addItem(self.scatter)
+        self.addItem(self.selection_item)
         self.addItem(self.highlight)
+        self.groups = np.zeros(0, dtype=np.int64)
         self.ids = np.zeros(0, dtype=np.int64)
         self.coords = np.zeros((0, 2), dtype=np.float32)
+        self._index: dict[int, int] = {}
         self.locator = PointLocator(self.coords)
         self.selected: list[int] = []
         self._thumb_items: dict[int, QGraphicsPixmapItem] = {}
-        self._brushes = [pg.mkBrush(c) for c in PALETTE]
         self.tooltip = QLabel(self)
         self.tooltip.setStyleSheet("background: #222; color: #eee; border: 1px solid #555; padding: 3px")
         self.tooltip.hide()
@@ -100,21 +115,31 @@ class MapView(pg.PlotWidget):
         self.coords = np.asarray(coords, dtype=np.float32)
         self._index = {int(i): n for n, i in enumerate(self.ids)}
         self.locator = PointLocator(self.coords)
-        if groups is None:
-            brush = pg.mkBrush(120, 170, 230, 200)
-        else:
-            grey = pg.mkBrush(110, 110, 110, 160)
-            brush = [self._brushes[g % len(self._brushes)] if g >= 0 else grey for g in np.asarray(groups)]
+        self.selected = []
+        self.selection_item.setData([], [])
+        self.highlight.setData([], [])
+        self.set_groups(groups)
+        self.fit()
+
+    def set_groups(self, groups: np.ndarray | None) -> None:
+        """Colour the dots (and the thumbnails' frames) by group; -1 is grey."""
+        self.groups = np.full(len(self.ids), -1, dtype=np.int64) if groups is None else np.asarray(groups)
+        brushes = {g: pg.mkBrush(colour_of(int(g))) for g in set(self.groups.tolist())}
+        brush = [brushes[g] for g in self.groups.tolist()]
         self.scatter.setData(x=self.coords[:, 0], y=self.coords[:, 1], brush=brush)
         self._clear_thumbnails()
-        self.highlight.setData([], [])
-        self.getViewBox().autoRange(padding=0.05)
+        self._update_thumbnails()
+
+    def fit(self) -> None:
+        """Every photo in view."""
+        if len(self.ids):
+            self.getViewBox().autoRange(padding=0.05)
 
     def set_highlight(self, query_ids: list[int], result_ids: list[int]) -> None:
         spots = []
         for ids, colour in ((result_ids, (255, 210, 0)), (query_ids, (255, 60, 60))):
             for i in ids:
-                n = self._index.get(int(i)) if hasattr(self, "_index") else None
+                n = self._index.get(int(i))
                 if n is not None:
                     spots.append({"pos": tuple(self.coords[n]), "pen": pg.mkPen(colour, width=2), "brush": None})
         self.highlight.setData(spots)
@@ -131,7 +156,16 @@ class MapView(pg.PlotWidget):
             mask = points_in_box(self.coords, x0, y0, x1, y1)
         else:
             mask = points_in_polygon(self.coords, pts)
-        self.selected = [int(i) for i in self.ids[mask]]
+        return self.select_ids([int(i) for i in self.ids[mask]])
+
+    def select_ids(self, ids: list[int]) -> list[int]:
+        """Select these photos: marked on the map, and announced (the panel's grid shows them)."""
+        self.selected = [int(i) for i in ids if int(i) in self._index]
+        rows = [self._index[i] for i in self.selected]
+        if rows:
+            self.selection_item.setData(x=self.coords[rows, 0], y=self.coords[rows, 1])
+        else:
+            self.selection_item.setData([], [])
         self.selection_changed.emit(self.selected)
         return self.selected
 
@@ -174,6 +208,8 @@ class MapView(pg.PlotWidget):
         return self.locator.count_in_view(x0, y0, x1, y1)
 
     def _update_thumbnails(self) -> None:
+        if self.plotItem is None:  # closed: thumbnails may still arrive from the shared cache
+            return
         visible = self.visible_indices() if len(self.ids) else np.zeros(0, dtype=int)
         if len(visible) == 0 or len(visible) > THUMBS_BELOW:
             self._clear_thumbnails()
@@ -188,8 +224,8 @@ class MapView(pg.PlotWidget):
                 continue
             item = self._thumb_items.get(image_id)
             if item is None:
-                item = QGraphicsPixmapItem(pix.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio,
-                                                      Qt.TransformationMode.SmoothTransformation))
+                group = int(self.groups[n]) if n < len(self.groups) else -1
+                item = QGraphicsPixmapItem(framed(pix, colour_of(group)))
                 # Thumbnails keep their pixel size whatever the zoom; centred on the dot.
                 item.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
                 item.setOffset(-item.pixmap().width() / 2, -item.pixmap().height() / 2)

@@ -71,14 +71,45 @@ class ModelManager(QDialog):
         layout.addLayout(buttons)
         self.refresh()
 
+    def names(self) -> list[str]:
+        """The rows: the demo model shipped with the app (when this build has it), then the official backbones."""
+        from app.gui.model_service import bundled_model
+        from engine.models import zoo
+
+        demo = bundled_model()
+        return ([demo] if demo else []) + list(zoo.ZOO)
+
     def refresh(self) -> None:
-        from app.gui.model_service import display_name
+        from app.gui.model_service import DEFAULT_MODEL, bundled_model, display_name
         from engine.models import zoo
 
         self.current_label.setText(f"In use: <b>{display_name(self.current)}</b>")
-        self.table.setRowCount(len(zoo.ZOO))
-        for row, (name, entry) in enumerate(zoo.ZOO.items()):
-            self.table.setItem(row, 0, QTableWidgetItem(name))
+        names = self.names()
+        self.table.setRowCount(len(names))
+        demo = bundled_model()
+        first = 0
+        if demo:
+            item = QTableWidgetItem(display_name(demo))
+            item.setToolTip(f"{demo}\nA small ViT trained with the DINOv2 recipe, shipped with Dinoscope: it works "
+                            "offline; the official backbones find much better matches")
+            self.table.setItem(0, 0, item)
+            self.table.setItem(0, 1, QTableWidgetItem("—"))
+            self.table.setItem(0, 2, QTableWidgetItem("included"))
+            self.table.setItem(0, 3, QTableWidgetItem("in use" if demo == self.current else "ready"))
+            button = QPushButton("Use")
+            button.setObjectName("action_bundled")
+            button.setEnabled(demo != self.current)
+            button.clicked.connect(lambda _=False, d=demo: self._use(d))
+            self.table.setCellWidget(0, 4, button)
+            first = 1
+        for row, (name, entry) in enumerate(zoo.ZOO.items(), start=first):
+            item = QTableWidgetItem(f"{name} (recommended)" if name == DEFAULT_MODEL else name)
+            if name == DEFAULT_MODEL:
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
+                item.setToolTip("The best balance of quality and speed on a laptop: download this one first")
+            self.table.setItem(row, 0, item)
             self.table.setItem(row, 1, QTableWidgetItem(f"{entry.params / 1e6:.1f} M"))
             self.table.setItem(row, 2, QTableWidgetItem(f"{entry.approx_bytes / 1e6:.0f} MB"))
             if name in self.tasks:
@@ -91,9 +122,7 @@ class ModelManager(QDialog):
             self.table.setCellWidget(row, 4, button)
 
     def _row(self, name: str) -> int:
-        from engine.models import zoo
-
-        return list(zoo.ZOO).index(name)
+        return self.names().index(name)
 
     def _action(self, name: str) -> None:
         from engine.models import zoo

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.widgets.photo_view import region_thumbnail
 from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.workers import Task, TaskRunner
 
@@ -182,6 +183,8 @@ class SearchPanel(QWidget):
             pix = QPixmap()
             if q.data is not None:
                 pix.loadFromData(q.data)
+            elif q.path and q.box:  # a region search: the box it looked for, not the whole photo
+                pix = region_thumbnail(q.path, q.box, 96)
             elif q.path:
                 pix = _small_pixmap(q.path, 96)
             if not pix.isNull():

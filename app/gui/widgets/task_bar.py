@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from app.gui.workers import Task
 
@@ -30,6 +30,9 @@ class TaskBar(QWidget):
         for w in (self.label, self.bar, self.eta, self.cancel_button):
             layout.addWidget(w)
         self.cancel_button.clicked.connect(self._cancel)
+        # As wide as its contents: on a wide screen the status bar must not stretch it over the messages.
+        self.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
+        self.cancel_button.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Fixed)
         self.task: Task | None = None  # the task shown: the newest still running
         self._start = 0.0
         # Every running task, oldest first, with its title, start time and last progress, so that when the shown

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QUrl
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    Qt,
+    QUrl,
+    Signal,
+)
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate, QWidget
 
@@ -29,6 +39,7 @@ class ThumbnailModel(QAbstractListModel):
         self.cache = cache
         self.items: list[GridItem] = []
         self._row_of: dict[int, int] = {}
+        self.show_names = False  # the file name under each thumbnail (when no caption or score says more)
         cache.updated.connect(self._thumbs_arrived)
         self.set_placeholder_size(128)
 
@@ -61,7 +72,9 @@ class ThumbnailModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             if it.caption:
                 return it.caption
-            return f"{it.score:.3f}" if it.score is not None else None
+            if it.score is not None:
+                return f"{it.score:.3f}"
+            return it.path.replace("\\", "/").rsplit("/", 1)[-1] if self.show_names else None
         if role == Qt.ItemDataRole.ToolTipRole:
             return it.path + (f"\ncosine {it.score:.4f}" if it.score is not None else "")
         if role == IdRole:
@@ -105,11 +118,14 @@ class ThumbnailDelegate(QStyledItemDelegate):
         painter.save()
         if option.state & QStyle.StateFlag.State_Selected:
             painter.fillRect(r, option.palette.highlight())
-        box = QRect(r.x() + 4, r.y() + 4, self.size, self.size)
+        box = QRect(r.x() + (r.width() - self.size) // 2, r.y() + 4, self.size, self.size)
         icon = index.data(Qt.ItemDataRole.DecorationRole)
-        if isinstance(icon, QIcon):
-            icon.paint(painter, box, Qt.AlignmentFlag.AlignCenter)
         text = index.data(Qt.ItemDataRole.DisplayRole)
+        if isinstance(icon, QIcon):
+            # With a caption the picture sits on it (a landscape photo does not float away from its name).
+            bottom = Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom
+            where = bottom if text else Qt.AlignmentFlag.AlignCenter
+            icon.paint(painter, box, where)
         if text:
             strip = QRect(r.x() + 2, box.bottom() + 3, r.width() - 4, 18)
             colour = option.palette.highlightedText() if option.state & QStyle.StateFlag.State_Selected \
@@ -120,9 +136,18 @@ class ThumbnailDelegate(QStyledItemDelegate):
         painter.restore()
 
 
+MIN_ICON, MAX_ICON = 64, 384
+
+
 class ThumbnailGrid(QListView):
+    """Thumbnails in as many columns as fit, the columns stretched to fill the width (no ragged right margin);
+    Ctrl+wheel changes the thumbnail size like a photo app's zoom slider."""
+
+    icon_size_changed = Signal(int)
+
     def __init__(self, cache: ThumbnailCache, icon: int = 128, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.icon_size = icon
         self.setModel(ThumbnailModel(cache, self))
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setResizeMode(QListView.ResizeMode.Adjust)
@@ -136,10 +161,46 @@ class ThumbnailGrid(QListView):
         self.set_icon_size(icon)
 
     def set_icon_size(self, size: int) -> None:
+        size = max(MIN_ICON, min(MAX_ICON, int(size)))
+        changed = size != self.icon_size
+        self.icon_size = size
         self.grid_model().set_placeholder_size(size)
         self.setItemDelegate(ThumbnailDelegate(size, self))
         self.setIconSize(QSize(size, size))
-        self.setGridSize(QSize(size + 12, size + 30))
+        self._fill_width()
+        if changed:
+            self.icon_size_changed.emit(size)
+
+    def set_show_names(self, on: bool) -> None:
+        self.grid_model().show_names = on
+        self.viewport().update()
+
+    def _layout_width(self) -> int:
+        """The width Qt wraps items in: it keeps room for a vertical scroll bar that may appear."""
+        bar = 0 if self.verticalScrollBar().isVisible() else \
+            self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, self)
+        return self.viewport().width() - bar - 2
+
+    def columns(self) -> int:
+        return max(1, self._layout_width() // (self.icon_size + 12))
+
+    def _fill_width(self) -> None:
+        """Spread the leftover width over the columns, so the grid reaches the right edge."""
+        cols = self.columns()
+        self.setGridSize(QSize(max(self.icon_size + 12, self._layout_width() // cols), self.icon_size + 30))
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fill_width()
+
+    def wheelEvent(self, event) -> None:
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            steps = event.angleDelta().y() / 120
+            if steps:
+                self.set_icon_size(self.icon_size + round(steps * 16))
+            event.accept()
+            return
+        super().wheelEvent(event)
 
     def grid_model(self) -> ThumbnailModel:
         return self.model()  # type: ignore[return-value]

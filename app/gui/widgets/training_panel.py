@@ -16,7 +16,6 @@ import pyqtgraph as pg
 from PySide6.QtCore import QProcess, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -27,6 +26,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from app.gui.desktop import child_process_environment
 
 PRESETS = ["tiny-cpu", "finetune", "vits14-scratch", "vitb14-scratch", "distill"]
 LOSS_KEYS = ["total", "dino_local", "dino_global", "ibot", "koleo"]
@@ -131,48 +132,106 @@ class TrainingPanel(QWidget):
         self.curves = {k: self.loss_plot.plot([], [], pen=pg.mkPen(COLOURS[i], width=2 if k == "total" else 1),
                                               name=k) for i, k in enumerate(LOSS_KEYS)}
         self.rate_plot = pg.PlotWidget(title="Learning rate and images/s")
-        self.lr_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#9467bd"), name="lr")
+        self.rate_plot.addLegend()
+        self.lr_curve = self.rate_plot.plot([], [], pen=pg.mkPen("#9467bd", width=2), name="learning rate")
+        self.speed_view, self.speed_curve = self._second_axis(self.rate_plot, "images/s", "#2ca02c")
+        self.rate_plot.getPlotItem().legend.addItem(self.speed_curve, "images/s")
+        self.rate_plot.setLabel("left", "learning rate")
+        self.loss_plot.setLabel("bottom", "step")
+        self.rate_plot.setLabel("bottom", "step")
         self.speed_label = QLabel()
+        self.log_label = QLabel("Trainer output")
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
         self.log.setMaximumHeight(130)
+        self.log_label.setBuddy(self.log)
+        self.follow_palette()
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         plots = QHBoxLayout()
-        plots.addWidget(self.loss_plot, 2)
+        plots.addWidget(self.loss_plot, 1)
         plots.addWidget(self.rate_plot, 1)
         layout.addLayout(plots, 1)
         layout.addWidget(self.speed_label)
+        layout.addWidget(self.log_label)
         layout.addWidget(self.log)
         self.timer = QTimer(self)
         self.timer.setInterval(500)
         self.timer.timeout.connect(self.poll)
         self._update_buttons()
 
+    @staticmethod
+    def _second_axis(plot: pg.PlotWidget, label: str, colour: str):
+        """A curve on its own right-hand axis (images/s and the learning rate differ by ten orders)."""
+        item = plot.getPlotItem()
+        view = pg.ViewBox()
+        item.showAxis("right")
+        item.scene().addItem(view)
+        item.getAxis("right").linkToView(view)
+        item.getAxis("right").setLabel(label, color=colour)
+        view.setXLink(item)
+        curve = pg.PlotDataItem([], [], pen=pg.mkPen(colour, width=2))
+        view.addItem(curve)
+
+        def follow() -> None:
+            view.setGeometry(item.getViewBox().sceneBoundingRect())
+            view.linkedViewChanged(item.getViewBox(), view.XAxis)
+
+        item.getViewBox().sigResized.connect(follow)
+        return view, curve
+
+    def follow_palette(self) -> None:
+        """Charts in the window's colours (light or dark desktop theme), not pyqtgraph's fixed black."""
+        pal = self.palette()
+        background, text = pal.color(pal.ColorRole.Base), pal.color(pal.ColorRole.Text)
+        for plot in (self.loss_plot, self.rate_plot):
+            plot.setBackground(background)
+            item = plot.getPlotItem()
+            item.titleLabel.setText(item.titleLabel.text, color=text)
+            for side in ("left", "bottom", "right"):
+                axis = item.getAxis(side)
+                axis.setPen(pg.mkPen(text))
+                axis.setTextPen(pg.mkPen(text))
+            if item.legend is not None:
+                item.legend.setLabelTextColor(text)
+                for _sample, label in item.legend.items:  # entries added before take the colour too
+                    label.setText(label.text, color=text)
+        self.curves["total"].setPen(pg.mkPen(text, width=2))  # the total loss in the text colour, readable on both
+
+    def changeEvent(self, event) -> None:
+        from PySide6.QtCore import QEvent
+
+        if event.type() == QEvent.Type.PaletteChange:
+            self.follow_palette()
+        super().changeEvent(event)
+
     # ------------------------------------------------------------------------------------------- setup
     def refresh_sources(self) -> None:
         lib = self.libraries.library
         self.data.clear()
         if lib is not None:
-            self.data.addItem(f"library:{lib.root}")
+            self.data.addItem(f"Library “{lib.name}”", str(lib.root))  # the name; the run gets the folder
             if not self.out.text():
                 from engine import data_home
 
                 self.out.setText(str(data_home.home() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")))
 
     def _choose_data(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Photos to train on")
+        from app.gui.widgets.library_panel import choose_folder
+
+        path = choose_folder(self, "Photos to train on")
         if path:
             self.data.setEditText(path)
 
     def command(self, resume: bool) -> list[str]:
         args = [*train_program(), "train", "--preset", self.preset.currentText(), "--out", self.out.text()]
         data = self.data.currentText().strip()
-        if data.startswith("library:"):
-            args += ["--library", data.removeprefix("library:")]
+        library_root = self.data.currentData() if data == self.data.itemText(self.data.currentIndex()) else None
+        if library_root:
+            args += ["--library", library_root]
         elif data:
             args += ["--data", data]
         if self.init.text().strip():
@@ -197,6 +256,7 @@ class TrainingPanel(QWidget):
         cmd = self.command(resume)
         self.process = QProcess(self)
         self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
+        self.process.setProcessEnvironment(child_process_environment())  # the user's, not a bundle's, libraries
         self.process.readyReadStandardOutput.connect(self._read_output)
         self.process.finished.connect(self._finished)
         self.process.errorOccurred.connect(self._process_error)
@@ -269,6 +329,7 @@ class TrainingPanel(QWidget):
                 if any(v is not None for v in ys):
                     curve.setData(x, [float("nan") if v is None else v for v in ys])
             self.lr_curve.setData(x, [e.get("lr", float("nan")) for e in steps])
+            self.speed_curve.setData(x, [e.get("images_per_s") or float("nan") for e in steps])
             last = steps[-1]
             total = last.get("total_steps")
             rate = last.get("images_per_s")

@@ -5,13 +5,10 @@ Every picture comes from engine.viz; this widget only decides when to ask for on
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -54,6 +51,18 @@ def _heatmap_task(report, cancelled, image, tokens, xy: tuple[float, float]):
     return render_heatmap(image, maps[0], alpha=1.0), maps
 
 
+PARTS_LEGEND = ("Colours: the first 3 principal components of the foreground patches (the same part, the same "
+                "colour); dark: background")
+
+
+def _size_text(path: str) -> str:
+    try:
+        n = Path(path).stat().st_size
+    except OSError:
+        return "missing"
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
+
+
 def _exif_summary(path: str) -> str:
     from engine.imageio import ImageDecodeError, read_info
 
@@ -67,6 +76,8 @@ def _exif_summary(path: str) -> str:
 
 class Viewer(QWidget):
     region_search = Signal(str, tuple)  # path, (x0, y0, x1, y1) in image pixels
+    show_in_folder_requested = Signal(str)
+    title_changed = Signal(str)
     status = Signal(str)
 
     def __init__(self, models, runner: TaskRunner, parent: QWidget | None = None) -> None:
@@ -80,7 +91,24 @@ class Viewer(QWidget):
         self.parts: list = []
         self.heatmaps: list = []
         self.resolution = 448
+        self.sequence: list[str] = []  # the list the photo was opened from: Previous / Next walk it
 
+        nav = QHBoxLayout()
+        self.prev_button = QPushButton("◀")
+        self.prev_button.setToolTip("The previous photo of the list this one was opened from")
+        self.prev_button.clicked.connect(self.show_previous)
+        self.next_button = QPushButton("▶")
+        self.next_button.setToolTip("The next photo of the list this one was opened from")
+        self.next_button.clicked.connect(self.show_next)
+        self.title = QLabel()
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.title.setMinimumWidth(120)
+        self.fit_button = QPushButton("Fit")
+        self.fit_button.setToolTip("The whole photo in the window (small photos are enlarged at most 2×)")
+        self.zoom100_button = QPushButton("100%")
+        self.zoom100_button.setToolTip("One photo pixel per screen pixel; the wheel zooms in and out")
+        for b in (self.prev_button, self.next_button, self.fit_button, self.zoom100_button):
+            b.setFixedWidth(max(40, b.fontMetrics().horizontalAdvance(b.text()) + 24))
         bar = QHBoxLayout()
         self.parts_box = QCheckBox("Part colours (PCA)")
         self.parts_box.setToolTip("DINOv2's patch features reduced to three colours; the same part, the same colour")
@@ -91,7 +119,8 @@ class Viewer(QWidget):
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(65)
-        self.opacity.setMaximumWidth(120)
+        self.opacity.setMinimumWidth(80)
+        self.opacity.setMaximumWidth(160)
         self.opacity.valueChanged.connect(lambda v: self.view.overlay.setOpacity(v / 100))
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.05, 0.95)
@@ -107,28 +136,48 @@ class Viewer(QWidget):
         self.region_button.toggled.connect(self._region_mode)
         self.folder_button = QPushButton("Show in folder")
         self.folder_button.clicked.connect(self.show_in_folder)
+        for w in (self.prev_button, self.next_button):
+            nav.addWidget(w)
+        nav.addSpacing(8)
+        nav.addWidget(self.title, 1)
+        for w in (self.fit_button, self.zoom100_button, self.region_button, self.folder_button):
+            nav.addWidget(w)
         for w in (self.parts_box, QLabel("Opacity"), self.opacity, QLabel("Threshold"), self.threshold,
-                  self.joint_box, self.heat_box, self.region_button):
+                  self.joint_box, self.heat_box):
             bar.addWidget(w)
         bar.addStretch(1)
-        bar.addWidget(self.folder_button)
         self.view = PhotoView()
         self.view.patch_clicked.connect(self._patch_clicked)
         self.view.box_drawn.connect(self._box_drawn)
+        self.fit_button.clicked.connect(self.view.fit)
+        self.zoom100_button.clicked.connect(self.view.actual_size)
+        self.legend = QLabel(PARTS_LEGEND)
+        self.legend.setWordWrap(True)
+        self.legend.hide()
         self.info = QLabel()
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout = QVBoxLayout(self)
+        layout.addLayout(nav)
         layout.addLayout(bar)
         layout.addWidget(self.view, 1)
+        layout.addWidget(self.legend)
         layout.addWidget(self.info)
+        self._update_nav()
 
     # ---------------------------------------------------------------------------------------------- open
-    def open(self, path: str, context: list[str] | None = None) -> None:
+    def open(self, path: str, context: list[str] | None = None, sequence: list[str] | None = None) -> None:
+        """Show ``path``; ``context`` are photos for joint colours, ``sequence`` the list Previous/Next walk
+        (kept from the last call when the photo is in it)."""
         from engine.imageio import ImageDecodeError, load_rgb
 
         self.path = path
+        if sequence is not None:
+            self.sequence = list(sequence)
+        elif path not in self.sequence:
+            self.sequence = [path]
         self.context = [c for c in (context or []) if c != path][:8]
         self.tokens, self.parts = [], []
+        self._update_nav()
         try:
             self.image = load_rgb(path)
         except ImageDecodeError as e:
@@ -139,6 +188,39 @@ class Viewer(QWidget):
         self.info.setText(f"{path}\n{_exif_summary(path)}")
         if self.parts_box.isChecked() or self.heat_box.isChecked():
             self._ensure_tokens()
+
+    def _update_nav(self) -> None:
+        n = len(self.sequence)
+        i = self.sequence.index(self.path) if self.path in self.sequence else -1
+        self.prev_button.setEnabled(i > 0)
+        self.next_button.setEnabled(0 <= i < n - 1)
+        if self.path is None:
+            self.title.setText("")
+            return
+        where = f" · {i + 1} of {n}" if n > 1 and i >= 0 else ""
+        name = Path(self.path).name
+        self.title.setText(f"<b>{name}</b> · {_size_text(self.path)}{where}")
+        self.title_changed.emit(self.title_text())
+
+    def title_text(self) -> str:
+        return f"{Path(self.path).name} ({_size_text(self.path)})" if self.path else ""
+
+    def show_next(self) -> bool:
+        return self._step(1)
+
+    def show_previous(self) -> bool:
+        return self._step(-1)
+
+    def _step(self, delta: int) -> bool:
+        if self.path not in self.sequence:
+            return False
+        i = self.sequence.index(self.path) + delta
+        if not 0 <= i < len(self.sequence):
+            return False
+        # The joint set follows the photo: its neighbours in the same list.
+        near = self.sequence[max(0, i - 4) : i + 5]
+        self.open(self.sequence[i], near)
+        return True
 
     def _ensure_tokens(self, then=None) -> Task | None:
         if self.path is None:
@@ -172,6 +254,7 @@ class Viewer(QWidget):
                 self._ensure_tokens()
         else:
             self.view.set_overlay(None)
+        self.legend.setVisible(on)
 
     def _recompute_parts(self) -> Task | None:
         if not (self.parts_box.isChecked() and self.tokens):
@@ -225,18 +308,5 @@ class Viewer(QWidget):
         self.region_button.setChecked(False)
 
     def show_in_folder(self) -> None:
-        if not self.path:
-            return
-        folder = str(Path(self.path).parent)
-        if sys.platform.startswith("linux"):
-            # Most Linux file managers accept the file itself and select it; fall back to opening the folder.
-            try:
-                subprocess.Popen(["dbus-send", "--session", "--dest=org.freedesktop.FileManager1",
-                                  "--type=method_call", "/org/freedesktop/FileManager1",
-                                  "org.freedesktop.FileManager1.ShowItems",
-                                  f"array:string:{QUrl.fromLocalFile(self.path).toString()}", "string:"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                return
-            except OSError:
-                pass
-        QDesktopServices.openUrl(QUrl.fromLocalFile(folder))
+        if self.path:
+            self.show_in_folder_requested.emit(self.path)
