@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the library photos most like some images (or a region of one)",
                        description="Search a library by one or several images (their mean), or by a box on one "
                                    "image with --region. Prints rank, cosine score and path.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files (need not be in the library)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files (need not be in the library)")
     p.add_argument("--k", type=int, default=20, help="number of results (default: %(default)s)")
     p.add_argument("--library", default="default", help="library name or folder (default: %(default)s)")
     p.add_argument("--model", default=None,
@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="search by this box of the (single) query image, in its pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (for embedding the queries)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {rank, score, path, image_id, box}")
+    p.add_argument("--text", default=None, metavar="WORDS",
+                   help="search by words with dino.txt (combines with IMAGEs: the mean of the normalised queries); "
+                        "the library needs dino.txt vectors: index --model dinov2_vitl14_reg4_dinotxt")
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -106,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
+        return 2
+    if args.text is not None:
+        return run_text(args)
+    if not args.images:
+        print("error: give one or more IMAGE files, or --text WORDS", file=sys.stderr)
         return 2
     box = None
     if args.region is not None:
@@ -201,4 +209,70 @@ def _report(problems: list[str], used: int) -> int:
     return 1 if problems else 0
 
 
-__all__ = ["add_parser", "load_model", "parse_box", "run"]
+# ---------------------------------------------------------------------------------------- --text (dino.txt)
+def run_text(args: argparse.Namespace) -> int:
+    """Words (and optional query images) against the library's dino.txt vectors; the logic is engine.text.query."""
+    from app.commands._library import open_existing
+    from engine.imageio import ImageDecodeError
+    from engine.models import CheckpointError
+    from engine.models.download import DownloadError
+    from engine.store import StoreError
+    from engine.text import VocabularyError
+    from engine.text import query as text_query
+
+    if args.region is not None:
+        print("error: --region does not combine with --text yet; search by the box or by the words",
+              file=sys.stderr)
+        return 2
+    if not args.text.strip():
+        print("error: --text is empty; give some words to search for", file=sys.stderr)
+        return 2
+    lib = open_existing(args.library)
+    if lib is None:
+        return 2
+    with lib:
+        problems: list[str] = []
+        try:
+            record = text_query.text_model_record(lib, args.model)
+            bar = ProgressBar(f"loading {args.model or record.name}", unit="B")
+            model = text_query.load_text_model(record, args.model, progress=lambda d, t: bar.update(d, t))
+            query = text_query.embed_texts(model, [args.text])
+            in_library, to_embed = [], []
+            for item in args.images:
+                path = Path(item)
+                if not path.is_file():
+                    problems.append(f"{item}: {'not a file' if path.exists() else 'no such file'}")
+                elif (image_id := _library_query(lib, record.id, path)) is not None:
+                    in_library.append(image_id)
+                else:
+                    to_embed.append(path)
+            vectors = []
+            from engine import search
+
+            if in_library:
+                vectors.append(search.stored_vectors(lib, record.id, in_library))
+            if to_embed:
+                from engine.extract import Extractor
+
+                embedded, errors = search.embed_queries(Extractor(model.image_encoder(), device=args.device),
+                                                        to_embed)
+                problems += [message for _, message in errors]
+                vectors.append(embedded)
+            import numpy as np
+
+            images = np.concatenate(vectors) if vectors else None
+            results = text_query.search_by_text(lib, record, query, k=args.k, image_vectors=images,
+                                                exclude_ids=in_library)
+        except (StoreError, CheckpointError, DownloadError, VocabularyError, ImageDecodeError, ValueError,
+                RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for note in query.notes:
+            print(f"note: {note}", file=sys.stderr)
+        _print(results, args.json)
+        for message in problems:
+            print(f"unreadable: {message}", file=sys.stderr)
+        return 1 if problems else 0
+
+
+__all__ = ["add_parser", "load_model", "parse_box", "run", "run_text"]

@@ -1,0 +1,108 @@
+"""Search a library by words: text -> a unit vector in dino.txt's space, ranked against the library's dino.txt
+image vectors, optionally averaged with image queries (each normalised first, as image searches already do).
+
+The library's dino.txt vectors are `encode_image` outputs stored by `index --model dinov2_vitl14_reg4_dinotxt`
+(or a folder of the three files); text search finds that model among the library's, loads the whole model
+from the same source, and checks its image side against the weights hash the vectors were computed with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.models import zoo
+from engine.models.dinotxt import DinoTxt
+from engine.models.dinotxt_load import is_dinotxt_source, load_dinotxt
+from engine.models.download import ProgressFn
+from engine.store.library import Library, ModelRecord
+from engine.store.schema import StoreError
+from engine.text.tokenizer import Tokenizer
+
+# Measured with bench/text.py (full-size ViT-L/14-reg + head, random weights, batch 8 at 224 px, bf16 autocast)
+# on the 2-core shared build machine; stated in the "no dino.txt vectors" message so a user can judge the cost.
+CPU_IMAGES_PER_S = 1.0
+DOWNLOAD_GB = zoo.text_entry(zoo.DINOTXT).approx_bytes / 1e9
+
+
+class NoTextVectors(StoreError):
+    """The library has no dino.txt vectors; the message gives the one command that adds them and its cost."""
+
+
+@dataclass
+class TextQuery:
+    vectors: np.ndarray  # (n, D) float32, unit rows
+    notes: list[str] = field(default_factory=list)  # e.g. a text cut at the context length
+
+
+def is_text_model(record: ModelRecord) -> bool:
+    return any(is_dinotxt_source(s) for s in (record.source, record.name) if s)
+
+
+def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> ModelRecord:
+    """The library's dino.txt model (the one indexed from `source`, or the most recent), or NoTextVectors."""
+    counts = lib.counts().get("per_model", {})
+    found = [m for m in lib.models() if is_text_model(m) and counts.get(m.id)]
+    if source is not None:
+        wanted = {os.fspath(source), str(os.path.abspath(os.path.expanduser(os.fspath(source))))}
+        found = [m for m in found if {m.name, m.source} & wanted]
+    if found:
+        return found[-1]
+    photos = lib.counts().get("ok", 0)
+    hours = photos / CPU_IMAGES_PER_S / 3600
+    raise NoTextVectors(
+        f"library '{lib.name}' has no dino.txt vectors, which text search needs. Add them with:\n"
+        f"  python -m app index --library {lib.name} --model {zoo.DINOTXT}\n"
+        f"(a one-time {DOWNLOAD_GB:.1f} GB download; ViT-L runs at about {CPU_IMAGES_PER_S:g} photos/s on a "
+        f"CPU like this build machine's, so {photos} photos take about {hours:.1f} h there; a GPU is far faster)"
+    )
+
+
+def load_text_model(record: ModelRecord, source: str | os.PathLike | None = None,
+                    progress: ProgressFn | None = None) -> DinoTxt:
+    """The whole dino.txt model the record's vectors came from, checked by the image side's weights hash."""
+    from engine.store.indexer import model_hash
+
+    given = source if source is not None else record.source
+    model = load_dinotxt(given, progress=progress)
+    if model_hash(model.image_encoder()) != record.checkpoint_hash:
+        raise ValueError(f"the weights of {given} are not the ones the library's dino.txt vectors were computed "
+                         "with (the files changed?); index the library again with it")
+    return model
+
+
+def embed_texts(model: DinoTxt, texts: Sequence[str], tokenizer: Tokenizer | None = None) -> TextQuery:
+    """Unit text vectors; an empty text is refused, a text over the context length is cut (and said)."""
+    tokenizer = tokenizer or Tokenizer()
+    context = model.text_model.config.context_length
+    notes = []
+    for text in texts:
+        if not text.strip():
+            raise ValueError("the text is empty; give some words to search for")
+        n = tokenizer.token_count(text)
+        if n > context:
+            notes.append(f"the text is {n - 2} tokens long; dino.txt reads the first {context - 2}, "
+                         f"so it was cut after '{tokenizer.decode(tokenizer.encode(text)[: context - 2])[-40:]}'")
+    ids = tokenizer.tokenize(list(texts), context_length=context)
+    device = next(model.text_model.parameters()).device
+    with torch.inference_mode():
+        vectors = F.normalize(model.encode_text(ids.to(device)).float(), dim=-1)
+    return TextQuery(vectors.cpu().numpy().astype(np.float32), notes)
+
+
+def search_by_text(lib: Library, record: ModelRecord, query: TextQuery, k: int = 20,
+                   image_vectors: np.ndarray | None = None, exclude_ids: Iterable[int] = ()):
+    """Rank the library's dino.txt vectors by the mean of the normalised text (and image) queries."""
+    from engine import search
+
+    queries = query.vectors
+    if image_vectors is not None and len(image_vectors):
+        image_vectors = np.asarray(image_vectors, np.float32)
+        image_vectors = image_vectors / np.maximum(np.linalg.norm(image_vectors, axis=1, keepdims=True), 1e-12)
+        queries = np.concatenate([queries, image_vectors])
+    return search.search_by_vectors(lib, record.id, queries, k=k, exclude_ids=exclude_ids)
