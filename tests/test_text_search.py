@@ -134,13 +134,44 @@ def test_empty_and_overlong_text(indexed, capsys):
     assert json.loads(out)
 
 
-def test_no_query_at_all_and_region_with_text_are_refused(indexed, capsys):
-    lib, photos, *_ = indexed
+def test_no_query_at_all_is_refused(indexed, capsys):
+    lib, *_ = indexed
     code, _, err = run(capsys, "search", "--library", str(lib))
     assert code == 2 and "IMAGE files, or --text" in err
-    code, _, err = run(capsys, "search", str(photos / "coffee.jpg"), "--text", "cup", "--region", "0,0,50,50",
-                       "--library", str(lib))
-    assert code == 2 and "--region" in err
+
+
+def test_text_combines_with_a_region(indexed, capsys):
+    """Box + words: the mean of the box's region vector and the words' patch half, against region cells."""
+    from engine.search import region_query, with_whole
+    from engine.store import Library
+    from engine.text.query import embed_texts, region_text_vector, text_model_record
+
+    lib_path, photos, dinotxt, _ = indexed
+    query_photo = photos / "motorcycle.jpg"
+    base = ["search", str(query_photo), "--region", "20,20,200,150", "--library", str(lib_path), "--json",
+            "--model", str(dinotxt)]
+    code, out, err = run(capsys, *base, "--text", "a wheel")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows and all(len(r["box"]) == 4 for r in rows)
+    model = load_dinotxt(dinotxt)
+    with Library.open(str(lib_path), create=False) as lib:
+        record = text_model_record(lib)
+        words = region_text_vector(embed_texts(model, ["a wheel"]))[0]
+        assert not words[:128].any() and np.linalg.norm(words) == pytest.approx(1.0, abs=1e-5)
+        from engine.extract import Extractor
+
+        box = region_query(Extractor(model.image_encoder(), device="cpu", precision="fp32"), query_photo,
+                           (20, 20, 200, 150)).vector
+        q = words + box / np.linalg.norm(box)
+        q /= np.linalg.norm(q)
+        ids = [lib.image_by_path(Path(r["path"])).id for r in rows]
+        cells = with_whole(lib.regions(record.id, ids)).astype(np.float32)
+    best = (cells @ q).max(axis=1)
+    assert [r["score"] for r in rows] == pytest.approx(best.tolist(), abs=5e-3)
+    code, out, err = run(capsys, *base)  # the box alone ranks by the box alone
+    assert code == 0, err
+    assert [r["score"] for r in json.loads(out)] != pytest.approx([r["score"] for r in rows], abs=1e-3)
 
 
 def test_stored_vectors_are_2048_wide_halves_of_encode_image(indexed):

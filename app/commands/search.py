@@ -220,10 +220,16 @@ def run_text(args: argparse.Namespace) -> int:
     from engine.text import VocabularyError
     from engine.text import query as text_query
 
+    box = None
     if args.region is not None:
-        print("error: --region does not combine with --text yet; search by the box or by the words",
-              file=sys.stderr)
-        return 2
+        try:
+            box = parse_box(args.region)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if len(args.images) != 1:
+            print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
+            return 2
     if not args.text.strip():
         print("error: --text is empty; give some words to search for", file=sys.stderr)
         return 2
@@ -237,6 +243,20 @@ def run_text(args: argparse.Namespace) -> int:
             bar = ProgressBar(f"loading {args.model or record.name}", unit="B")
             model = text_query.load_text_model(record, args.model, progress=lambda d, t: bar.update(d, t))
             query = text_query.embed_texts(model, [args.text])
+            if box is not None:
+                from engine import search
+                from engine.extract import Extractor
+
+                path = Path(args.images[0])
+                if not path.is_file():
+                    raise ValueError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+                extractor = Extractor(model.image_encoder(), device=args.device)
+                region = search.region_query(extractor, path, box).vector
+                results = text_query.search_regions_by_text(lib, record, query, region, k=args.k)
+                for note in query.notes:
+                    print(f"note: {note}", file=sys.stderr)
+                _print(results, args.json)
+                return 0
             in_library, to_embed = [], []
             for item in args.images:
                 path = Path(item)

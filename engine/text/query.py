@@ -106,3 +106,26 @@ def search_by_text(lib: Library, record: ModelRecord, query: TextQuery, k: int =
         image_vectors = image_vectors / np.maximum(np.linalg.norm(image_vectors, axis=1, keepdims=True), 1e-12)
         queries = np.concatenate([queries, image_vectors])
     return search.search_by_vectors(lib, record.id, queries, k=k, exclude_ids=exclude_ids)
+
+
+def region_text_vector(query: TextQuery) -> np.ndarray:
+    """The text in region space: its patch half, normalised, beside zeros where the region cells have zeros.
+
+    Region cells of a dino.txt library are pooled head patch tokens placed in the patch half (the global half is
+    zero), so this cosine is the heatmap's, averaged over the cell.
+    """
+    vectors = np.array(query.vectors, np.float32, copy=True)
+    half = vectors.shape[1] // 2
+    vectors[:, :half] = 0.0
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def search_regions_by_text(lib: Library, record: ModelRecord, query: TextQuery, region_vector: np.ndarray,
+                           k: int = 20, exclude_ids: Iterable[int] = ()):
+    """Photos with a cell like the box (`region_vector`, from engine.search.region_query) and like the words."""
+    from engine import search
+
+    parts = np.concatenate([region_text_vector(query), np.asarray(region_vector, np.float32).reshape(1, -1)])
+    parts /= np.maximum(np.linalg.norm(parts, axis=1, keepdims=True), 1e-12)
+    mean = parts.mean(axis=0)
+    return search.search_regions(lib, record.id, mean / max(float(np.linalg.norm(mean)), 1e-12), k, exclude_ids)
