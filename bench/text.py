@@ -80,17 +80,42 @@ def time_text(tower: torch.nn.Module, tok: Tokenizer, dtype: torch.dtype, device
     return out
 
 
-def time_image(device: torch.device, precision: str, seconds: float) -> float:
+def text_cosines(tower: torch.nn.Module, tok: Tokenizer, device: torch.device) -> dict[str, float]:
+    """Mean cosine of bf16 (and int8) text embeddings to fp32 ones, over the benchmark's queries."""
+    ids = tok.tokenize(QUERIES).to(device)
+    with torch.inference_mode():
+        ref = F.normalize(tower(ids).float(), dim=-1)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            bf16 = F.normalize(tower(ids).float(), dim=-1)
+        out = {"bf16": float((ref * bf16).sum(-1).mean())}
+        if device.type == "cpu":
+            out["int8"] = float((ref * F.normalize(int8_tower(tower)(ids).float(), dim=-1)).sum(-1).mean())
+        import copy
+
+        bf16w = F.normalize(copy.deepcopy(tower).to(torch.bfloat16)(ids).float(), dim=-1)
+        out["bf16 weights"] = float((ref * bf16w).sum(-1).mean())
+    return out
+
+
+def time_image(device: torch.device, precisions: list[str], seconds: float) -> dict[str, float]:
+    """img/s per precision through the Extractor (what indexing runs), and each one's cosine to fp32."""
     backbone = _random_(DinoVisionTransformer(OFFICIAL_CONFIGS["dinov2_vitl14_reg"]))
     encoder = DinoTxtImageEncoder(VisionTower(backbone, _random_(VisionHead(VisionHeadConfig()))), "bench")
-    ex = Extractor(encoder, device=device, precision=precision, batch_size=8, patch_tokens=True)
-    x = torch.randn(8, 3, 224, 224)
-    ex.embed_tensor(x)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        ex.embed_tensor(x)
-        n += len(x)
-    return n / (time.perf_counter() - t0)
+    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    out: dict[str, float] = {}
+    ref = None
+    for precision in precisions:
+        ex = Extractor(encoder, device=device, precision=precision, batch_size=8, patch_tokens=True)
+        first = torch.from_numpy(ex.embed_tensor(x).cls)
+        ref = first if ref is None else ref
+        out[f"cos_{precision}"] = float((first * ref).sum(-1).mean())
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            ex.embed_tensor(x)
+            n += len(x)
+        out[precision] = n / (time.perf_counter() - t0)
+        print(f"image {precision}: {out[precision]:.2f} img/s", flush=True)
+    return out
 
 
 def time_query_100k(tower: torch.nn.Module, tok: Tokenizer, dtype: torch.dtype, device: torch.device,
@@ -135,13 +160,25 @@ def main() -> None:
         ms = time_text(tower, tok, dtype, device, args.rounds)
         results[f"text_ms_{name}"] = ms
         rows.append([f"text encoding, {name}", f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms"])
+        print(f"text {name}: p50 {statistics.median(ms):.1f} ms", flush=True)
+    import copy
+
+    ms = time_text(copy.deepcopy(tower).to(torch.bfloat16), tok, torch.float32, device, args.rounds)
+    results["text_ms_bf16_weights"] = ms
+    rows.append(["text encoding, bf16 weights", f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms"])
+    print(f"text bf16 weights: p50 {statistics.median(ms):.1f} ms", flush=True)
     if device.type == "cpu" and not args.skip_int8:
         ms = time_text(int8_tower(tower), tok, torch.float32, device, args.rounds)
         results["text_ms_int8"] = ms
         rows.append(["text encoding, int8 (dynamic)", f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms"])
+        print(f"text int8: p50 {statistics.median(ms):.1f} ms", flush=True)
 
     medians = {name: statistics.median(results[f"text_ms_{name}"]) for name, _ in precisions}
     best = min(medians, key=medians.get)
+    cosines = text_cosines(tower, tok, device)
+    results["text_cosine_to_fp32"] = cosines
+    for name, cos in cosines.items():
+        rows.append([f"text embedding cosine to fp32, {name}", f"{cos:.5f}", ""])
     ms = time_query_100k(tower, tok, dict(precisions)[best], device, args.vectors, args.rounds)
     results["query_100k_ms"] = ms
     rows.append([f"text query over {args.vectors:,} vectors ({best}, flat, k=20)", f"{statistics.median(ms):.1f} ms",
@@ -149,10 +186,11 @@ def main() -> None:
     del tower
 
     if not args.skip_image:
+        image = time_image(device, ["fp32", "bf16"], args.image_seconds)
+        results["image"] = image
         for precision in ("fp32", "bf16"):
-            rate = time_image(device, precision, args.image_seconds)
-            results[f"image_per_s_{precision}"] = rate
-            rows.append([f"image encoding (index), {precision}, batch 8 @224", f"{rate:.2f} img/s", ""])
+            rows.append([f"image encoding (index), {precision}, batch 8 @224", f"{image[precision]:.2f} img/s",
+                         f"cos to fp32 {image[f'cos_{precision}']:.5f}"])
 
     print(f"{results['machine']}, {results['threads']} threads\n")
     print(table(["what", "p50", "max"], rows))

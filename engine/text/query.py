@@ -24,9 +24,10 @@ from engine.store.library import Library, ModelRecord
 from engine.store.schema import StoreError
 from engine.text.tokenizer import Tokenizer
 
-# Measured with bench/text.py (full-size ViT-L/14-reg + head, random weights, batch 8 at 224 px, bf16 autocast)
-# on the 2-core shared build machine; stated in the "no dino.txt vectors" message so a user can judge the cost.
-CPU_IMAGES_PER_S = 1.0
+# Measured with bench/text.py (full-size ViT-L/14-reg + head, random weights, batch 8 at 224 px, bf16 autocast,
+# Extractor as indexing runs it) on the 2-core build machine while it was shared (load ~11): 0.33 img/s (fp32:
+# 0.18). Stated in the "no dino.txt vectors" message so a user can judge the cost before starting.
+CPU_IMAGES_PER_S = 0.33
 DOWNLOAD_GB = zoo.text_entry(zoo.DINOTXT).approx_bytes / 1e9
 
 
@@ -58,8 +59,8 @@ def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> 
     raise NoTextVectors(
         f"library '{lib.name}' has no dino.txt vectors, which text search needs. Add them with:\n"
         f"  python -m app index --library {lib.name} --model {zoo.DINOTXT}\n"
-        f"(a one-time {DOWNLOAD_GB:.1f} GB download; ViT-L runs at about {CPU_IMAGES_PER_S:g} photos/s on a "
-        f"CPU like this build machine's, so {photos} photos take about {hours:.1f} h there; a GPU is far faster)"
+        f"(a one-time {DOWNLOAD_GB:.1f} GB download; its ViT-L ran at {CPU_IMAGES_PER_S:g} photos/s on a shared "
+        f"2-core CPU, where {photos} photos would take about {hours:.1f} h; a GPU is far faster)"
     )
 
 
