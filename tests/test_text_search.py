@@ -64,7 +64,7 @@ def test_without_dinotxt_vectors_the_error_gives_the_command_and_its_cost(setup,
     assert code == 2 and not out
     assert "has no dino.txt vectors" in err
     assert f"python -m app index --library {lib.name} --model dinov2_vitl14_reg4_dinotxt" in err
-    assert "GB download" in err and "photos/s" in err and "5 photos take about" in err
+    assert "3.5 GB download" in err and "0.33 photos/s" in err and "5 photos would take about" in err
 
 
 @pytest.fixture(scope="module")
