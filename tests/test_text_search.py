@@ -190,3 +190,26 @@ def test_stored_vectors_are_2048_wide_halves_of_encode_image(indexed):
         expected = model.encode_image(eval_input(photos / "rocket.jpg")[None], normalize=True)[0].numpy()
     assert record.dim == 256
     assert np.allclose(stored, expected, atol=2e-3)
+
+
+def test_changed_weights_or_a_moved_folder_are_said(indexed, capsys):
+    """Vectors from other weights are never compared with these words; a gone folder is named."""
+    lib_path, _, dinotxt, _ = indexed
+    from tests.dinotxt_helpers import BACKBONE
+    from tests.helpers import tiny_backbone
+
+    original = (dinotxt / BACKBONE).read_bytes()
+    try:
+        torch.save(tiny_backbone(registers=4, depth=2, dim=128, seed=5).state_dict(), dinotxt / BACKBONE)
+        code, out, err = run(capsys, "search", "--text", "a cat", "--library", str(lib_path))
+        assert code == 2 and not out
+        assert "are not the ones the library's dino.txt vectors were computed with" in err
+        moved = dinotxt.with_name("dinotxt moved")
+        dinotxt.rename(moved)
+        try:
+            code, out, err = run(capsys, "search", "--text", "a cat", "--library", str(lib_path))
+            assert code == 2 and str(dinotxt) in err and "no such folder" in err
+        finally:
+            moved.rename(dinotxt)
+    finally:
+        (dinotxt / BACKBONE).write_bytes(original)

@@ -42,7 +42,10 @@ class TextQuery:
 
 
 def is_text_model(record: ModelRecord) -> bool:
-    return any(is_dinotxt_source(s) for s in (record.source, record.name) if s)
+    """Indexed from the zoo name or a dino.txt folder; a moved folder still counts by its name, so the error
+    is then about the missing folder rather than about missing vectors."""
+    names = [s for s in (record.source, record.name) if s]
+    return any(is_dinotxt_source(s) or "dinotxt" in os.fspath(s).lower() for s in names)
 
 
 def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> ModelRecord:
