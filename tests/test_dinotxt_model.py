@@ -197,6 +197,7 @@ def test_zoo_downloads_the_three_official_files(folder, tmp_path, monkeypatch):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("DINOSCOPE_ZOO_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+        assert zoo.text_model_status(zoo.DINOTXT) == "not downloaded"
         with pytest.raises(CheckpointError, match="not downloaded"):
             load_dinotxt(zoo.DINOTXT, allow_download=False)
         seen = []
@@ -205,7 +206,11 @@ def test_zoo_downloads_the_three_official_files(folder, tmp_path, monkeypatch):
         httpd.shutdown()
     assert model.source == zoo.DINOTXT
     assert seen and seen[-1] == sum((folder / n).stat().st_size for n in (BACKBONE, VISION_HEAD, TEXT_ENCODER))
+    assert zoo.text_model_status(zoo.DINOTXT) == "downloaded"
     paths = zoo.text_model_paths(zoo.DINOTXT)
+    (paths["text_encoder"]).rename(paths["text_encoder"].with_name("aside"))
+    assert zoo.text_model_status(zoo.DINOTXT) == "partial"
+    paths["text_encoder"].with_name("aside").rename(paths["text_encoder"])
     assert {p.name for p in paths.values()} == {BACKBONE, VISION_HEAD, TEXT_ENCODER}
     assert zoo.text_model_url(zoo.DINOTXT, "vision_head").endswith(f"/dinov2_vitl14/{VISION_HEAD}")
     again = load_dinotxt(zoo.DINOTXT, allow_download=False)  # now cached

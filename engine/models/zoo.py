@@ -184,3 +184,14 @@ def download_text_model(name: str, progress: ProgressFn | None = None, cancel=No
     if progress is not None:
         progress(done_before, done_before)
     return {role: p for role, p in paths.items() if p is not None}
+
+
+def text_model_status(name: str) -> str:
+    """'downloaded' (all three files), 'partial' (some files, or an interrupted download that can resume) or
+    'not downloaded'."""
+    paths = text_model_paths(name)
+    if all(p is not None for p in paths.values()):
+        return "downloaded"
+    e = text_entry(name)
+    parts = [data_home.models_dir() / (fn + ".part") for fn in e.filenames().values()]
+    return "partial" if any(paths.values()) or any(p.is_file() for p in parts) else "not downloaded"
