@@ -217,3 +217,18 @@ def test_zoo_downloads_the_three_official_files(folder, tmp_path, monkeypatch):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(again.encode_image(x), model.encode_image(x))
+
+
+def test_the_image_encoder_feeds_the_patch_viewers(folder, skimage_data_dir):
+    """pca and the viewer's patch maps call get_intermediate_layers; a dino.txt model gives its head's tokens."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.viz.patches import patch_tokens
+
+    encoder = load_backbone(folder)
+    photo = np.asarray(Image.open(skimage_data_dir / "chelsea.png").convert("RGB"))
+    tokens = patch_tokens(encoder, [photo], resolution=224, device="cpu", precision="fp32")[0]
+    assert tokens.tokens.shape == (tokens.grid[0] * tokens.grid[1], 256)
+    with pytest.raises(ValueError, match="head's tokens only"):
+        encoder.get_intermediate_layers(torch.zeros(1, 3, 28, 28), n=2)

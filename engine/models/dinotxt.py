@@ -249,5 +249,18 @@ class DinoTxtImageEncoder(nn.Module):
             "x_norm_patchtokens": torch.cat([torch.zeros_like(patches), patches], dim=-1),
         }
 
+    def get_intermediate_layers(self, x: torch.Tensor, n: int | list[int] | tuple[int, ...] = 1,
+                                reshape: bool = False, return_class_token: bool = False,
+                                norm: bool = True) -> tuple:
+        """The backbone API for viewers (patch maps, PCA): only the head's output, the last 'layer', exists."""
+        if n not in (1, [-1], (-1,)):
+            raise ValueError("dino.txt's image encoder gives its head's tokens only (n=1)")
+        out = self.forward_features(x)
+        patches = out["x_norm_patchtokens"]
+        if reshape:
+            p = self.patch_size
+            patches = patches.reshape(len(x), x.shape[-2] // p, x.shape[-1] // p, -1).permute(0, 3, 1, 2)
+        return ((patches, out["x_norm_clstoken"]),) if return_class_token else (patches,)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)["x_norm_clstoken"]
