@@ -118,6 +118,41 @@ def time_image(device: torch.device, precisions: list[str], seconds: float) -> d
     return out
 
 
+def time_text_openvino(tower: TextTower, tok: Tokenizer, hint: str, rounds: int) -> tuple[list[float], float]:
+    """OpenVINO on the CPU: ms per query and mean cosine to torch fp32. The graph takes the ids up to the end
+    token (dynamic length, as our torch path trims them) and returns every position; pooling is outside."""
+    import openvino as ov
+
+    class Tokens(torch.nn.Module):
+        def __init__(self, t: TextTower) -> None:
+            super().__init__()
+            self.t = t
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.t.head(self.t.backbone(ids))
+
+    def encode(compiled, ids: torch.Tensor) -> torch.Tensor:
+        end = int(ids.argmax())
+        return F.normalize(torch.from_numpy(compiled(ids[:, : end + 1].numpy())[0])[0, end], dim=-1)
+
+    example = tok.tokenize(QUERIES[0])[:, :8]
+    with torch.no_grad():
+        model = ov.convert_model(Tokens(tower), example_input=example,
+                                 input=[(ov.PartialShape([1, -1]), ov.Type.i64)])
+    compiled = ov.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    cosines, out = [], []
+    with torch.inference_mode():
+        for i in range(rounds + 2):
+            t0 = time.perf_counter()
+            v = encode(compiled, tok.tokenize(QUERIES[i % len(QUERIES)]))
+            if i >= 2:
+                out.append((time.perf_counter() - t0) * 1000)
+            if i < len(QUERIES):
+                ref = F.normalize(tower(tok.tokenize(QUERIES[i % len(QUERIES)])).float(), dim=-1)[0]
+                cosines.append(float((ref * v).sum()))
+    return out, statistics.mean(cosines)
+
+
 def time_query_100k(tower: torch.nn.Module, tok: Tokenizer, dtype: torch.dtype, device: torch.device,
                     n: int, rounds: int) -> list[float]:
     from engine.store.vectors import build_faiss
@@ -147,6 +182,7 @@ def main() -> None:
     ap.add_argument("--image-seconds", type=float, default=20.0)
     ap.add_argument("--skip-image", action="store_true")
     ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--openvino", action="store_true", help="also time the text encoder through OpenVINO")
     args = ap.parse_args()
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -173,6 +209,13 @@ def main() -> None:
         rows.append(["text encoding, int8 (dynamic)", f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms"])
         print(f"text int8: p50 {statistics.median(ms):.1f} ms", flush=True)
 
+    if args.openvino and device.type == "cpu":
+        for hint in ("f32", "bf16"):
+            ms, cos = time_text_openvino(tower, tok, hint, args.rounds)
+            results[f"text_ms_openvino_{hint}"], results[f"text_cos_openvino_{hint}"] = ms, cos
+            rows.append([f"text encoding, OpenVINO {hint}", f"{statistics.median(ms):.1f} ms",
+                         f"cos to fp32 {cos:.5f}"])
+            print(f"text OpenVINO {hint}: p50 {statistics.median(ms):.1f} ms, cos {cos:.5f}", flush=True)
     medians = {name: statistics.median(results[f"text_ms_{name}"]) for name, _ in precisions}
     best = min(medians, key=medians.get)
     cosines = text_cosines(tower, tok, device)
