@@ -156,6 +156,7 @@ def load_dinotxt(source: Source, device: str | torch.device = "cpu", *, progress
     text = _load_text(files["text_encoder"], 2 * vision.head.config.half_dim)
     model = DinoTxt(vision.backbone, vision.head, text)
     model.source = origin
+    model.files = files  # where each part came from (the text side's OpenVINO cache is keyed by its file)
     return model.to(device).eval()
 
 
