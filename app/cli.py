@@ -19,6 +19,7 @@ COMMANDS = {
     "models": "models",
     "map": "map",
     "pca": "pca",
+    "heatmap": "heatmap",
     "search": "search",
     "dedup": "dedup",
     "cluster": "cluster",

@@ -197,13 +197,16 @@ def run_query(
     model_id: int | None = None,
     filter: Iterable[int] | None = None,
     include_queries: bool = False,
+    also: np.ndarray | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> QueryOutcome:
     """Rank the library's photos for `inputs` (their mean direction) or for `region` (a box on one photo).
 
     `model` is an Extractor, a backbone, or a callable returning one (called only if something must be
     embedded). `model_id` is the library's model to search (default: the one `model` matches, which loads it).
-    Raises ValueError for bad arguments (k < 1, a region together with other inputs, no inputs at all).
+    `also` holds more query vectors in the same space, already embedded (dino.txt words: engine.text.query),
+    averaged in with the photos' (normalised first, so each counts once); with it, no photo is needed.
+    Raises ValueError for bad arguments (k < 1, a region together with other inputs, no query at all).
     """
     from engine.imageio import ImageDecodeError
     from engine.progress import raise_if_cancelled
@@ -213,7 +216,8 @@ def run_query(
     if region is not None and inputs:
         raise ValueError("a region search takes one box on one photo; search by the other photos separately")
     sources = [region.source] if region is not None else list(inputs)
-    if not sources:
+    extra = _unit_rows(also)
+    if not sources and not len(extra):
         raise ValueError("no query given")
     if model_id is None:
         model = _resolve(model)
@@ -232,9 +236,9 @@ def run_query(
     raise_if_cancelled(cancel)
 
     if region is not None:
-        return _run_region(lib, model, model_id, region, reads, outcome, k, exclude, filter)
+        return _run_region(lib, model, model_id, region, reads, outcome, k, exclude, filter, extra)
 
-    vectors: list[np.ndarray] = []
+    vectors: list[np.ndarray] = [extra] if len(extra) else []
     stored = [(i, r) for i, r in reads if r.image_id is not None]
     for _i, r in stored:
         try:
@@ -268,8 +272,17 @@ def run_query(
     return outcome
 
 
+def _unit_rows(vectors: np.ndarray | None) -> np.ndarray:
+    if vectors is None:
+        return np.zeros((0, 0), np.float32)
+    v = np.asarray(vectors, np.float32)
+    v = v.reshape(1, -1) if v.ndim == 1 else v
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
 def _run_region(lib: Library, model: Any, model_id: int, region: Region, reads: list[tuple[int, _Read]],
-                outcome: QueryOutcome, k: int, exclude: Sequence[int], filter: Iterable[int] | None) -> QueryOutcome:
+                outcome: QueryOutcome, k: int, exclude: Sequence[int], filter: Iterable[int] | None,
+                extra: np.ndarray) -> QueryOutcome:
     """A box on one photo: the photo is decoded in full (the box may reach outside the eval crop)."""
     from engine.imageio import ImageDecodeError
     from engine.region_search import region_query, search_regions
@@ -295,7 +308,11 @@ def _run_region(lib: Library, model: Any, model_id: int, region: Region, reads: 
         outcome.unusable.append(Unusable(r.label, f"{r.label}: {exc}"))
         return outcome
     outcome.used = 1
-    outcome.results = search_regions(lib, model_id, query.vector, k, exclude_ids=exclude, filter=filter)
+    vector = query.vector
+    if len(extra):  # words in region space beside the box: the mean of the normalised parts
+        mean = np.concatenate([extra, vector[None, :]]).mean(axis=0)
+        vector = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    outcome.results = search_regions(lib, model_id, vector, k, exclude_ids=exclude, filter=filter)
     return outcome
 
 

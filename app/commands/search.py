@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the library photos most like some images (or a region of one)",
                        description="Search a library by one or several images (their mean), or by a box on one "
                                    "image with --region. Prints rank, cosine score and path.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files (need not be in the library)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files (need not be in the library)")
     p.add_argument("--k", type=int, default=20, help="number of results (default: %(default)s)")
     p.add_argument("--library", default="default", help="library name or folder (default: %(default)s)")
     p.add_argument("--model", default=None,
@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="search by this box of the (single) query image, in its pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (for embedding the queries)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {rank, score, path, image_id, box}")
+    p.add_argument("--text", default=None, metavar="WORDS",
+                   help="search by words with dino.txt (combines with IMAGEs: the mean of the normalised queries); "
+                        "the library needs dino.txt vectors: index --model dinov2_vitl14_reg4_dinotxt")
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -86,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
+        return 2
+    if args.text is not None:  # words, with dino.txt: app/commands/search_text.py
+        from app.commands.search_text import run_text
+
+        return run_text(args)
+    if not args.images:
+        print("error: give one or more IMAGE files, or --text WORDS", file=sys.stderr)
         return 2
     region = None
     if args.region is not None:

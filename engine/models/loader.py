@@ -67,7 +67,13 @@ def load_backbone(
     `source` is a zoo name (dinov2_vits14, dinov2_vitg14_reg, ...), an official .pth, an official training
     checkpoint (teacher, block-chunked keys), a Hugging Face folder / .safetensors / .bin (Dinov2Model,
     Dinov2WithRegistersModel, or the classification models' `dinov2.` backbone), or a Dinoscope checkpoint.
+    dino.txt (its zoo name or a folder of its three files) gives its image encoder, 2048-d vectors.
     """
+    from engine.models.dinotxt_load import is_dinotxt_source, load_dinotxt_image_encoder
+
+    if is_dinotxt_source(source):  # dino.txt: its image side (2048-d encode_image) stands in for the backbone
+        encoder = load_dinotxt_image_encoder(source, progress=progress, allow_download=allow_download)
+        return encoder.to(device).eval()
     sd, stored, origin = load_state(source, progress=progress, allow_download=allow_download)
     inferred = infer_config(sd, origin)
     config = inferred

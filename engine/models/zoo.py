@@ -92,3 +92,106 @@ def status(name: str) -> str:
         return "downloaded"
     part = cache_path(name).with_name(cache_path(name).name + ".part")
     return "partial" if part.is_file() else "not downloaded"
+
+
+# ------------------------------------------------------------------------------------------- dino.txt
+# dino.txt (Apache-2.0): the frozen ViT-L/14-reg backbone above plus two more files in the same folder.
+DINOTXT = "dinov2_vitl14_reg4_dinotxt"
+DINOTXT_HUB_NAME = "dinov2_vitl14_reg4_dinotxt_tet1280d20h24l"  # torch.hub's name, accepted as an alias
+
+
+@dataclass(frozen=True)
+class TextModelEntry:
+    name: str
+    backbone: str  # zoo name of the frozen backbone
+    folder: str
+    vision_head: str
+    text_encoder: str
+    params: int  # backbone + vision head + text encoder (tests/test_dinotxt_model.py checks the count)
+
+    @property
+    def approx_bytes(self) -> int:
+        return 4 * self.params
+
+    def filenames(self) -> dict[str, str]:
+        """role -> official file name; the roles are backbone, vision_head, text_encoder."""
+        return {"backbone": entry(self.backbone).filename, "vision_head": self.vision_head,
+                "text_encoder": self.text_encoder}
+
+
+TEXT_MODELS: dict[str, TextModelEntry] = {
+    DINOTXT: TextModelEntry(
+        name=DINOTXT,
+        backbone="dinov2_vitl14_reg",
+        folder="dinov2_vitl14",
+        vision_head=f"{DINOTXT_HUB_NAME}_vision_head.pth",
+        text_encoder=f"{DINOTXT_HUB_NAME}_text_encoder.pth",
+        params=ZOO["dinov2_vitl14_reg"].params + 25_326_336 + 538_131_200,
+    ),
+}
+
+
+def text_entry(name: str) -> TextModelEntry:
+    key = DINOTXT if name == DINOTXT_HUB_NAME else name
+    try:
+        return TEXT_MODELS[key]
+    except KeyError:
+        raise KeyError(f"unknown text model {name!r}; the zoo has: {', '.join(TEXT_MODELS)}") from None
+
+
+def text_model_url(name: str, role: str) -> str:
+    e = text_entry(name)
+    if role == "backbone":
+        return url(e.backbone)
+    return f"{base_url()}/{e.folder}/{e.filenames()[role]}"
+
+
+def _local_file(filename: str) -> Path | None:
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    for p in (data_home.models_dir() / filename, torch_home / "hub" / "checkpoints" / filename):
+        if p.is_file() and p.stat().st_size > 0:
+            return p
+    return None
+
+
+def text_model_paths(name: str) -> dict[str, Path | None]:
+    """role -> the file on disk (Dinoscope's cache or torch.hub's), or None where it is not downloaded."""
+    e = text_entry(name)
+    return {role: (local_path(e.backbone) if role == "backbone" else _local_file(fn))
+            for role, fn in e.filenames().items()}
+
+
+def download_text_model(name: str, progress: ProgressFn | None = None, cancel=None) -> dict[str, Path]:
+    """Fetch the files not downloaded yet (each resumable); progress counts bytes over all of them."""
+    e = text_entry(name)
+    paths = text_model_paths(name)
+    done_before = 0
+    for role, path in list(paths.items()):
+        if path is not None:
+            continue
+        if role == "backbone":
+            step = (lambda d, t, base=done_before: progress(base + d, None)) if progress else None
+            paths[role] = download(e.backbone, progress=step, cancel=cancel)
+        else:
+            dest = data_home.models_dir() / e.filenames()[role]
+            source = text_model_url(name, role)
+            step = (lambda d, t, base=done_before: progress(base + d, None)) if progress else None
+            result = download_file(source, dest, progress=step, cancel=cancel)
+            meta = {"url": source, "size": result.size, "sha256": result.sha256}
+            dest.with_name(dest.name + ".json").write_text(json.dumps(meta, indent=2))
+            paths[role] = result.path
+        done_before += paths[role].stat().st_size
+    if progress is not None:
+        progress(done_before, done_before)
+    return {role: p for role, p in paths.items() if p is not None}
+
+
+def text_model_status(name: str) -> str:
+    """'downloaded' (all three files), 'partial' (some files, or an interrupted download that can resume) or
+    'not downloaded'."""
+    paths = text_model_paths(name)
+    if all(p is not None for p in paths.values()):
+        return "downloaded"
+    e = text_entry(name)
+    parts = [data_home.models_dir() / (fn + ".part") for fn in e.filenames().values()]
+    return "partial" if any(paths.values()) or any(p.is_file() for p in parts) else "not downloaded"

@@ -1,0 +1,144 @@
+"""Search a library by words: text -> a unit vector in dino.txt's space, ranked against the library's dino.txt
+image vectors, optionally averaged with image queries (each normalised first, as image searches already do).
+
+The library's dino.txt vectors are `encode_image` outputs stored by `index --model dinov2_vitl14_reg4_dinotxt`
+(or a folder of the three files); text search finds that model among the library's, loads the whole model
+from the same source, and checks its image side against the weights hash the vectors were computed with.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.models import zoo
+from engine.models.dinotxt import DinoTxt
+from engine.models.dinotxt_load import is_dinotxt_source, load_dinotxt
+from engine.models.download import ProgressFn
+from engine.store.library import Library, ModelRecord
+from engine.store.schema import StoreError
+from engine.text.tokenizer import Tokenizer
+
+# Measured with bench/text.py (full-size ViT-L/14-reg + head, random weights, batch 8 at 224 px, bf16 autocast,
+# Extractor as indexing runs it) on the 2-core build machine while it was shared (load ~11): 0.33 img/s (fp32:
+# 0.18). Stated in the "no dino.txt vectors" message so a user can judge the cost before starting.
+CPU_IMAGES_PER_S = 0.33
+DOWNLOAD_GB = zoo.text_entry(zoo.DINOTXT).approx_bytes / 1e9
+
+
+class NoTextVectors(StoreError):
+    """The library has no dino.txt vectors; the message gives the one command that adds them and its cost."""
+
+
+@dataclass
+class TextQuery:
+    vectors: np.ndarray  # (n, D) float32, unit rows
+    notes: list[str] = field(default_factory=list)  # e.g. a text cut at the context length
+
+
+def is_text_model(record: ModelRecord) -> bool:
+    """Indexed from the zoo name or a dino.txt folder; a moved folder still counts by its name, so the error
+    is then about the missing folder rather than about missing vectors."""
+    names = [s for s in (record.source, record.name) if s]
+    return any(is_dinotxt_source(s) or "dinotxt" in os.fspath(s).lower() for s in names)
+
+
+def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> ModelRecord:
+    """The library's dino.txt model (the one indexed from `source`, or the most recent), or NoTextVectors."""
+    counts = lib.counts().get("per_model", {})
+    found = [m for m in lib.models() if is_text_model(m) and counts.get(m.id)]
+    if source is not None:
+        wanted = {os.fspath(source), str(os.path.abspath(os.path.expanduser(os.fspath(source))))}
+        found = [m for m in found if {m.name, m.source} & wanted]
+    if found:
+        return found[-1]
+    photos = lib.counts().get("ok", 0)
+    hours = photos / CPU_IMAGES_PER_S / 3600
+    raise NoTextVectors(
+        f"library '{lib.name}' has no dino.txt vectors, which text search needs. Add them with:\n"
+        f"  python -m app index --library {lib.name} --model {zoo.DINOTXT}\n"
+        f"(a one-time {DOWNLOAD_GB:.1f} GB download; its ViT-L ran at {CPU_IMAGES_PER_S:g} photos/s on a shared "
+        f"2-core CPU, where {photos} photos would take about {hours:.1f} h; a GPU is far faster)"
+    )
+
+
+def load_text_model(record: ModelRecord, source: str | os.PathLike | None = None,
+                    progress: ProgressFn | None = None) -> DinoTxt:
+    """The whole dino.txt model the record's vectors came from, checked by the image side's weights hash."""
+    from engine.store.indexer import model_hash
+
+    given = source if source is not None else record.source
+    model = load_dinotxt(given, progress=progress)
+    if model_hash(model.image_encoder()) != record.checkpoint_hash:
+        raise ValueError(f"the weights of {given} are not the ones the library's dino.txt vectors were computed "
+                         "with (the files changed?); index the library again with it")
+    return model
+
+
+_OPENVINO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled OpenVINO text encoder
+
+
+def _openvino_encoder(model: DinoTxt):
+    """The model's text encoder compiled by OpenVINO (f32: same vectors as torch, 5x faster on the build CPU)."""
+    encoder = _OPENVINO.get(model)
+    if encoder is None:
+        from engine import data_home
+        from engine.text.openvino_text import OpenVinoText, cache_key
+
+        text_file = getattr(model, "files", {}).get("text_encoder")
+        key = cache_key(text_file) if text_file is not None else None
+        encoder = OpenVinoText(model.text_model, "fp32", data_home.cache_dir() / "openvino", key)
+        _OPENVINO[model] = encoder
+    return encoder
+
+
+def encode_text_ids(model: DinoTxt, ids: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+    """(n, D) unnormalised text features. backend "openvino" suits a long-lived process (the GUI's search box):
+    the first use converts the model (about a minute on the build CPU, then cached on disk) and each later start
+    compiles it (~7 s), after which a query takes 726 ms instead of torch's 3.9 s there (bench/text.py). A
+    one-shot command is faster with "torch"."""
+    if backend not in ("torch", "openvino"):
+        raise ValueError(f"unknown backend {backend!r}; choose torch or openvino")
+    if backend == "openvino":
+        return _openvino_encoder(model)(ids)
+    device = next(model.text_model.parameters()).device
+    with torch.inference_mode():
+        return model.encode_text(ids.to(device)).float().cpu()
+
+
+def embed_texts(model: DinoTxt, texts: Sequence[str], tokenizer: Tokenizer | None = None,
+                backend: str = "torch") -> TextQuery:
+    """Unit text vectors; an empty text is refused, a text over the context length is cut (and said)."""
+    tokenizer = tokenizer or Tokenizer()
+    context = model.text_model.config.context_length
+    notes = []
+    for text in texts:
+        if not text.strip():
+            raise ValueError("the text is empty; give some words to search for")
+        n = tokenizer.token_count(text)
+        if n > context:
+            notes.append(f"the text is {n - 2} tokens long; dino.txt reads the first {context - 2}, "
+                         f"so it was cut after '{tokenizer.decode(tokenizer.encode(text)[: context - 2])[-40:]}'")
+    ids = tokenizer.tokenize(list(texts), context_length=context)
+    vectors = F.normalize(encode_text_ids(model, ids, backend).float(), dim=-1)
+    return TextQuery(vectors.numpy().astype(np.float32), notes)
+
+
+def region_text_vector(query: TextQuery) -> np.ndarray:
+    """The text in region space: its patch half, normalised, beside zeros where the region cells have zeros.
+
+    Region cells of a dino.txt library are pooled head patch tokens placed in the patch half (the global half is
+    zero), so this cosine is the heatmap's, averaged over the cell.
+    """
+    vectors = np.array(query.vectors, np.float32, copy=True)
+    half = vectors.shape[1] // 2
+    vectors[:, :half] = 0.0
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+

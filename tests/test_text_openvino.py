@@ -1,0 +1,60 @@
+"""The search box's text encoder through OpenVINO gives torch's vectors, and its converted model is cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.models import load_dinotxt
+from engine.text import Tokenizer
+from engine.text.openvino_text import OpenVinoText, available, cache_key
+from engine.text.query import embed_texts, encode_text_ids
+from tests.dinotxt_helpers import TEXT_ENCODER, save_tiny_dinotxt
+
+pytestmark = pytest.mark.skipif(not available(), reason="OpenVINO is not installed")
+
+TEXTS = ["a red motorcycle", "東京の夜景 🌃🚀", "word " * 90, "a photo of a dog <|endoftext|> and more"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_dinotxt(save_tiny_dinotxt(tmp_path_factory.mktemp("dinotxt")))
+
+
+def test_openvino_f32_matches_torch(model):
+    ids = Tokenizer().tokenize(TEXTS)
+    with torch.no_grad():
+        expected = model.encode_text(ids)
+    got = OpenVinoText(model.text_model, "fp32")(ids)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-4)
+    bf16 = OpenVinoText(model.text_model, "bf16")(ids)
+    assert torch.nn.functional.cosine_similarity(bf16, expected).min() > 0.999
+
+
+def test_the_converted_model_is_cached_and_reused(model, tmp_path):
+    key = cache_key(model.files["text_encoder"])
+    first = OpenVinoText(model.text_model, "fp32", tmp_path, key)
+    assert not first.from_cache
+    assert (tmp_path / f"dinotxt_text_{key}.xml").is_file() and (tmp_path / f"dinotxt_text_{key}.bin").is_file()
+    second = OpenVinoText(model.text_model, "fp32", tmp_path, key)
+    assert second.from_cache
+    ids = Tokenizer().tokenize(TEXTS[:2])
+    assert torch.equal(first(ids), second(ids))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ov-")] == []  # no temp folder left
+
+
+def test_a_changed_text_encoder_file_gets_a_new_key(model, tmp_path):
+    copy = tmp_path / TEXT_ENCODER
+    copy.write_bytes(model.files["text_encoder"].read_bytes())
+    key = cache_key(copy)
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    assert cache_key(copy) != key
+
+
+def test_search_vectors_are_the_same_with_either_backend(model):
+    ov = embed_texts(model, ["a red motorcycle", "coffee"], backend="openvino")
+    pt = embed_texts(model, ["a red motorcycle", "coffee"], backend="torch")
+    assert abs(ov.vectors - pt.vectors).max() < 1e-4
+    with pytest.raises(ValueError, match="unknown backend"):
+        encode_text_ids(model, Tokenizer().tokenize("x"), backend="tensorrt")
