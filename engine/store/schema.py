@@ -19,6 +19,7 @@ Layout notes (why, not what):
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +42,12 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+LIBRARY_ID_KEY = "library_id"
+"""meta key of a random id given to a library when it is created: derived files record it, so files copied from
+another library, or left behind when library.db was deleted and created anew, are never taken for this one's."""
 
 SCHEMA_VERSION = 1
 """The schema this code writes. Bump it and register a migration in MIGRATIONS when a table changes."""
@@ -79,6 +85,38 @@ class IsoDateTime(TypeDecorator):
         return None if value is None else datetime.fromisoformat(value)
 
 
+class FsText(TypeDecorator):
+    """Text that may hold a file name which is not valid UTF-8 (legal on Linux: bytes from an old camera card or a
+    Latin-1 system). Python carries such names as str with surrogate escapes, which SQLite cannot store as TEXT;
+    those values are stored as their raw bytes (a BLOB in the same column) and read back as the identical str, so
+    the file can still be opened, moved and found by path. Valid names stay ordinary TEXT."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | bytes | None:
+        if value is None or not isinstance(value, str):
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return to_fs_bytes(value)
+        return value
+
+    def process_result_value(self, value: str | bytes | None, dialect) -> str | None:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "surrogateescape")
+        return value
+
+
+def to_fs_bytes(value: str) -> bytes:
+    """The bytes of a name as the file system holds them (surrogate escapes back to their original bytes)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no POSIX file name decodes to (Windows names)
+        return value.encode("utf-8", "surrogatepass")
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: IsoDateTime()}  # noqa: RUF012 (SQLAlchemy reads this class attribute)
 
@@ -96,7 +134,7 @@ class Folder(Base):
 
     __tablename__ = "folders"
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsText, unique=True)
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -113,7 +151,7 @@ class Image(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
-    path: Mapped[str] = mapped_column(Text, unique=True)  # absolute
+    path: Mapped[str] = mapped_column(FsText, unique=True)  # absolute; FsText keeps non-UTF-8 names intact
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     content_hash: Mapped[str | None] = mapped_column(String(32))  # blake2b-128 hex of the whole file
@@ -123,7 +161,7 @@ class Image(Base):
     captured_at: Mapped[datetime | None] = mapped_column()
     format: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(8), default="pending")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(FsText)  # names the file, so it may hold its undecodable bytes
     indexed_at: Mapped[datetime | None] = mapped_column()
 
 
@@ -142,8 +180,8 @@ class Model(Base):
 
     __tablename__ = "models"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(FsText)
+    source: Mapped[str] = mapped_column(FsText)
     checkpoint_hash: Mapped[str] = mapped_column(String(64), unique=True)
     dim: Mapped[int] = mapped_column(Integer)
     patch_size: Mapped[int] = mapped_column(Integer)
@@ -307,6 +345,7 @@ def open_engine(path: Path) -> Engine:
     event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _on_begin)
     if version == SCHEMA_VERSION:
+        _ensure_library_id(engine)
         return engine  # the common case takes no write lock, so opening never waits for a running indexer
     try:
         migrate(engine)
@@ -314,6 +353,20 @@ def open_engine(path: Path) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def _ensure_library_id(engine: Engine) -> None:
+    """Libraries created before the id existed get one, once; a read-only one goes without (its vector files then
+    match no stamp and are rebuilt in memory, never trusted blindly)."""
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM meta WHERE key = :k"), {"k": LIBRARY_ID_KEY}).first() is not None:
+            return
+    try:
+        with engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+            conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES (:k, :v)"),
+                         {"k": LIBRARY_ID_KEY, "v": uuid.uuid4().hex})
+    except OperationalError:  # read-only file or folder
+        pass
 
 
 def migrate(engine: Engine) -> int:
@@ -328,6 +381,7 @@ def migrate(engine: Engine) -> int:
             for ddl in _REVISION_TRIGGERS:
                 conn.exec_driver_sql(ddl)
             conn.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            conn.execute(Meta.__table__.insert().values(key=LIBRARY_ID_KEY, value=uuid.uuid4().hex))
             return SCHEMA_VERSION
         version = int(conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one())
         check_version(Path(engine.url.database or "library.db"), version)
