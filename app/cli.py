@@ -63,3 +63,11 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a library that turned read-only, damaged or full mid-command: one line, not a trace
+        from app.commands._library import library_failure
+
+        message = library_failure(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -278,11 +278,12 @@ class VectorIndex:
         """Rebuild from the database. Files are written when this thread holds, or can take, the library lock;
         otherwise (an indexer is running elsewhere) the index lives in memory only. Full disk: StoreError."""
         from engine.store.library import LibraryBusyError
+        from engine.store.schema import LibraryReadOnlyError
 
         try:
             with lib.lock("rebuild vectors"):
                 return cls._build(lib, model_id, reason, write=True)
-        except LibraryBusyError:
+        except (LibraryBusyError, LibraryReadOnlyError):
             return cls._build(lib, model_id, reason, write=False)
 
     @classmethod
