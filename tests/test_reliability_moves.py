@@ -128,3 +128,51 @@ def test_a_failure_after_some_files_reports_the_ones_already_moved(tmp_path: Pat
     assert (src / "b.jpg").exists()
     copied = copy_files([src / "b.jpg", src / "b.jpg"], tmp_path / "dest")
     assert [p.name for p in copied] == ["b.jpg", "b (2).jpg"]
+
+
+def test_the_duplicates_panel_reports_the_photos_moved_before_a_failure(qtbot, tmp_path: Path,
+                                                                        skimage_data_dir: Path) -> None:
+    import torch
+    from PIL import Image
+    from PySide6.QtCore import QSettings
+
+    from app.gui.main_window import MainWindow
+    from engine.store import Library
+    from engine.store.indexer import index_library
+    from tests.test_indexer import model
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(model().state_dict(), ckpt)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cat = Image.open(skimage_data_dir / "chelsea.png").convert("RGB")
+    cat.save(photos / "cat.jpg", quality=95)
+    cat.save(photos / "cat-copy.jpg", quality=90)  # three copies of one photo: the keeper and two others
+    cat.save(photos / "cat-copy2.jpg", quality=85)
+    with Library.open("family") as lib:
+        index_library(lib, str(ckpt), folders=[str(photos)], device="cpu")
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("library/name", "family")
+    settings.setValue("model/source", str(ckpt))
+    win = MainWindow(settings=settings, first_start_sample=False)
+    qtbot.addWidget(win)
+    panel = win.duplicates_panel
+    task = panel.find()
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
+    qtbot.waitUntil(lambda: "groups;" in panel.summary.text(), timeout=5000)
+    group = next(g for g in panel.groups if len(g.image_ids) == 3)
+    panel.group_list.setCurrentRow(panel.groups.index(group))
+    first, second = panel.others_in_current_group()
+    Path(second).unlink()  # gone before the move reaches it (another program moved it away)
+
+    errors: list[tuple[str, str]] = []
+    panel.error.disconnect()  # the window would show the message in a modal box; read it here instead
+    panel.error.connect(lambda title, text: errors.append((title, text)))
+    with qtbot.waitSignal(panel.files_moved, timeout=10000) as moved:
+        assert panel.move_others(str(tmp_path / "moved"), confirm=False) == 1
+    assert moved.args == [1]
+    (title, text), = errors
+    assert title == "Could not move every photo"
+    assert "1 of 2 photos were moved" in text and Path(first).name in text and Path(second).name in text
+    assert (tmp_path / "moved" / Path(first).name).is_file()
