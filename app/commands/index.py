@@ -42,8 +42,8 @@ def _check(library: str) -> int:
     import time
 
     from engine.store import Library, StoreError
+    from engine.store.integrity import integrity_check
     from engine.store.library import DB_NAME
-    from engine.store.schema import integrity_check
 
     try:
         root, name = Library.resolve(library)

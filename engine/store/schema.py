@@ -44,7 +44,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 LIBRARY_ID_KEY = "library_id"
@@ -74,12 +74,6 @@ class LibraryReadOnlyError(StoreError):
     """The library is on a read-only disk or folder: it can be searched and browsed, not changed."""
 
 
-QUICK_CHECK_WHOLE_FILE_BYTES = 64 << 20
-"""Up to this size the whole database gets PRAGMA quick_check when a library opens (~1 s per GB on the 2-core
-machine: at most ~60 ms). Larger ones (a 100k-photo library is ~2.8 GB, whose full check takes 2.4 s) check the
-tables every command reads first: meta, folders, models and images, 0.07 s at 100k photos; thumbnails, regions and
-embeddings are checked in full by `index --check`."""
-_CORE_TABLES = ("meta", "folders", "models", "images")
 
 
 def utcnow() -> datetime:
@@ -309,7 +303,7 @@ def is_read_only(path: Path) -> bool:
     return (path.exists() and not os.access(path, os.W_OK)) or (folder.exists() and not os.access(folder, os.W_OK))
 
 
-def _ro_uri(path: Path) -> str:
+def ro_uri(path: Path) -> str:
     # immutable=1: SQLite takes no locks and creates no -shm, which is what lets a read-only WAL database open at
     # all. Nobody can change a file this process may not write and whose folder it may not write... except its
     # owner; a leftover -wal (a writer killed before it checkpointed) keeps the plain read-only mode, which sees it.
@@ -325,7 +319,7 @@ def stored_version(path: Path) -> int | None:
     """
     if is_read_only(path):
         try:
-            tables, row = _read_version(path, _ro_uri(path))
+            tables, row = _read_version(path, ro_uri(path))
         except sqlite3.OperationalError as exc:
             raise LibraryReadOnlyError(f"{path}: cannot read the read-only library database ({exc})") from None
         return _version_of(path, tables, row)
@@ -390,7 +384,7 @@ def open_engine(path: Path) -> Engine:
     check_version(path, version)
     read_only = existed and is_read_only(path)
     if read_only:
-        engine = create_engine(f"sqlite:///{_ro_uri(path).replace('file://', 'file:', 1)}&uri=true")
+        engine = create_engine(f"sqlite:///{ro_uri(path).replace('file://', 'file:', 1)}&uri=true")
         event.listen(engine, "connect", _on_connect_read_only)
     else:
         engine = create_engine(f"sqlite:///{path}")
@@ -398,6 +392,8 @@ def open_engine(path: Path) -> Engine:
     event.listen(engine, "begin", _on_begin)
     try:
         if version is not None:
+            from engine.store.integrity import quick_check  # it imports this module: not at the top
+
             quick_check(engine, path)
         if version == SCHEMA_VERSION:
             if not read_only:
@@ -431,54 +427,6 @@ def _on_connect_read_only(dbapi_connection, _record) -> None:
 def _sqlite_reason(exc: Exception) -> str:
     text_ = str(getattr(exc, "orig", exc))
     return "the disk is full" if "full" in text_ else text_
-
-
-def _damaged(path: Path, problem: str) -> LibraryDamagedError:
-    return LibraryDamagedError(
-        f"{path} is damaged ({problem}); nothing was read from it or written to it. Your photos are untouched: "
-        f"restore library.db from a backup, or move the library folder aside and index the folders again")
-
-
-def quick_check(engine: Engine, path: Path) -> None:
-    """Every table present, and SQLite's quick_check clean (on the whole file when small; see
-    QUICK_CHECK_WHOLE_FILE_BYTES). Raises LibraryDamagedError naming the first problem."""
-    try:
-        with engine.connect() as conn:
-            tables = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            missing = sorted(set(Base.metadata.tables) - tables)
-            if missing:
-                raise _damaged(path, f"the table{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                                     f"{'are' if len(missing) > 1 else 'is'} missing")
-            if path.stat().st_size <= QUICK_CHECK_WHOLE_FILE_BYTES:
-                problems = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
-            else:
-                problems = []
-                for table in _CORE_TABLES:
-                    problems += [r[0] for r in conn.exec_driver_sql(f"PRAGMA quick_check({table})")]
-    except DatabaseError as exc:
-        raise _damaged(path, str(exc.orig)) from None
-    problems = [p for p in problems if p != "ok"]
-    if problems:
-        raise _damaged(path, problems[0])
-
-
-def integrity_check(path: Path, limit: int = 100) -> list[str]:
-    """SQLite's full integrity_check (every page, index and constraint) plus the tables a library needs, through a
-    read-only connection: the problems found, [] when intact. For `index --check`; a damaged file is only read."""
-    uri = _ro_uri(path) if is_read_only(path) else f"{path.resolve().as_uri()}?mode=ro"
-    try:
-        con = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        return [f"cannot open it ({exc})"]
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        problems = [f"table {t} is missing" for t in sorted(set(Base.metadata.tables) - tables)]
-        problems += [r[0] for r in con.execute(f"PRAGMA integrity_check({int(limit)})") if r[0] != "ok"]
-    except sqlite3.Error as exc:
-        problems = [str(exc)]
-    finally:
-        con.close()
-    return problems
 
 
 def _ensure_library_id(engine: Engine) -> None:
@@ -540,9 +488,7 @@ __all__ = [
     "StoreError",
     "Thumbnail",
     "check_version",
-    "integrity_check",
     "migrate",
     "open_engine",
-    "quick_check",
     "stored_version",
 ]
