@@ -69,8 +69,20 @@ def main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(f"app.commands.{COMMANDS[args.command]}")
+    # A file name that is not valid UTF-8 must never end a command with a traceback when printed; tables show names
+    # through app.display.shown, and this is the net under everything else.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return module.run(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a library that turned read-only, damaged or full mid-command: one line, not a trace
+        from app.commands._library import library_failure
+
+        message = library_failure(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -23,6 +23,11 @@ def fmt_secs(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
+MIN_RATE_SECONDS = 1.0
+"""No rate is shown before this much time has passed: the first update often comes milliseconds after the start
+(work resumed, a cached step), and done / elapsed would print rates like 5089059.3 img/s."""
+
+
 class ProgressBar:
     def __init__(self, label: str, unit: str = "img", stream: TextIO | None = None) -> None:
         self.label = label
@@ -53,14 +58,14 @@ class ProgressBar:
         self._last = now
         self._printed = (done, total, extra)
         elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = done / elapsed if elapsed >= MIN_RATE_SECONDS else None
         if self.unit == "B":
             amount = f"{_fmt_bytes(done)}" + (f"/{_fmt_bytes(total)}" if total else "")
-            speed = f"{_fmt_bytes(rate)}/s"
+            speed = f"{_fmt_bytes(rate)}/s" if rate is not None else "--/s"
         else:
             amount = f"{done}" + (f"/{total}" if total else "")
-            speed = f"{rate:.1f} {self.unit}/s"
-        eta = (total - done) / rate if total and rate > 0 else None
+            speed = f"{rate:.1f} {self.unit}/s" if rate is not None else f"-- {self.unit}/s"
+        eta = (total - done) / rate if total and rate else None
         bar = ""
         if total:
             filled = int(24 * min(done / total, 1.0))

@@ -56,7 +56,8 @@ def atomic_write_group(files: list[tuple[Path, Callable[[BinaryIO], object]]]) -
         for path, write in files:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            # ".<name>.<random>.<pid>.tmp": a later writer can tell a dead writer's leftovers by the pid
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp", dir=path.parent)
             temps.append((tmp, path))
             with os.fdopen(fd, "wb") as f:
                 write(f)

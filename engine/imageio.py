@@ -44,6 +44,11 @@ DEFAULT_MAX_MEGAPIXELS = 200.0
 
 _MAX_MEGAPIXELS_ENV = "DINOSCOPE_MAX_MEGAPIXELS"
 
+MAX_ASPECT_RATIO = 100.0
+"""Longest side over shortest side. The widest stitched panoramas stay near 20:1; past 100:1 an image is a strip
+(a 1 x 100,000 PNG weighs 475 bytes), and scaling its short side to the model's 256 pixels would make a 25,600,000
+pixel long side: ~24 GB in the resize. Refused from the header, like a decompression bomb."""
+
 _HAS_HEIF_PACKAGE = importlib.util.find_spec("pillow_heif") is not None
 _HAS_PIL_AVIF = importlib.util.find_spec("PIL._avif") is not None
 
@@ -361,9 +366,17 @@ def _max_pixels(max_pixels: int | None) -> int:
 
 
 def _check_pixels(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
-    """Refuse an image whose header size is over the limit, before a single pixel buffer is allocated."""
+    """Refuse an image whose header size is over the limit, or whose shape is a strip no photo has (scaled to the
+    model's input it would need gigabytes), before a single pixel buffer is allocated."""
     limit = _max_pixels(max_pixels)
     pixels = size[0] * size[1]
+    short, long = min(size), max(size)
+    if short < 1 or long / short > MAX_ASPECT_RATIO:
+        raise ImageDecodeError(
+            name,
+            f"its {size[0]} x {size[1]} pixels are not a photo's shape (sides over {MAX_ASPECT_RATIO:.0f} to 1); "
+            "scaling it for the model would take gigabytes of memory",
+        )
     if limit > 0 and pixels > limit:
         raise ImageDecodeError(
             name,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write
 from engine.store.schema import Image, Label
 from engine.store.vectors import library_vectors
 
@@ -160,11 +160,23 @@ def export(lib, path: str | os.PathLike, image_ids: Iterable[int] | None = None)
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["path", "image_id", "label", "source", "confidence"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
         text = buf.getvalue()
     else:
         raise ValueError(f"{path.name}: export to .csv or .json")
-    return atomic_write_text(path, text)
+    # a non-UTF-8 file name is written as its own bytes, so the exported path still opens the photo
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (a label "=HYPERLINK(...)") gets a leading ', which
+    Excel, LibreOffice and Google Sheets show as plain text (OWASP's advice for CSV injection)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _paths(lib, ids: list[int]) -> dict[int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 
@@ -33,3 +34,28 @@ def open_with_model(name: str, model_source: str | None):
         lib.close()
         print(f"error: {e}", file=sys.stderr)
         return None
+
+
+def library_failure(exc: BaseException) -> str | None:
+    """One line for a library problem that surfaced in the middle of a command (the file went read-only, a damaged
+    page was read, the disk filled), or None for anything else, which stays a bug with its traceback."""
+    from sqlalchemy.exc import DatabaseError
+
+    from engine.store import StoreError
+
+    if isinstance(exc, StoreError):
+        return str(exc)
+    if isinstance(exc, DatabaseError):
+        exc = exc.orig or exc
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        return ("the library is read-only: it can be searched and browsed, but this command saves its results in "
+                f"it ({text})")
+    if "full" in text:
+        return f"the disk is full while writing the library ({text}); what was saved before is intact"
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return (f"the library database is damaged ({text}); run `python -m app index --check --library NAME` "
+                "for the full report")
+    return f"the library database failed ({text})"

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from app.display import shown
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cluster", help="group a library's photos into k clusters (k-means) and store them",
@@ -57,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
           f"'{args.library}'")
     print(f"{'cluster':>7}  {'size':>6}  representative")
     for row in rows:
-        print(f"{row['cluster']:>7}  {row['size']:>6}  {row['representative'] or '-'}")
+        print(f"{row['cluster']:>7}  {row['size']:>6}  {shown(row['representative'] or '-')}")
     return 0

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from app.display import shown
 from app.progress import ProgressBar
 
 # engine.dedup.NEAR and SCENE, written out so that building the parser imports nothing heavy (a test checks them)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 size = f"{rec.width}x{rec.height}" if rec and rec.width else "?"
                 mark = "*" if i == g.keeper_id else " "
                 note = "keeper" if i == g.keeper_id else f"{score:.3f}"
-                print(f"    {mark} {note:>6}  {size:>11}  {rec.path if rec else f'image {i}'}")
+                print(f"    {mark} {note:>6}  {size:>11}  {shown(rec.path) if rec else f'image {i}'}")
     if not groups:
         print("no duplicates found", file=sys.stderr)
     return 0

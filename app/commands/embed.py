@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.display import shown
 from app.progress import ProgressBar
 
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         errors += batch.errors
     bar.close(*last, extra=f"({len(errors)} unreadable)" if errors else "")
     for _, msg in errors:
-        print(f"skipped: {msg}", file=sys.stderr)
+        print(f"skipped: {shown(msg)}", file=sys.stderr)
     if not kept:
         print("error: none of the images could be read; nothing written", file=sys.stderr)
         return 2
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         atomic_write(out, lambda f: np.save(f, cls))
         listing = out.with_suffix(".paths.txt")
-        listing.write_text("\n".join(names) + "\n")
+        # one exact name per line, non-UTF-8 names as their original bytes (what `find` would print)
+        listing.write_text("\n".join(names) + "\n", encoding="utf-8", errors="surrogateescape")
         print(f"wrote {out} ({len(kept)} x {cls.shape[1]}; row order in {listing})")
     return 1 if errors else 0

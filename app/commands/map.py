@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -34,7 +35,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     lib, model = opened
     with lib:
-        m = update_map(lib, model.id, refit=args.refit, progress=lambda p: print(p.phase, file=sys.stderr))
+        try:
+            m = update_map(lib, model.id, refit=args.refit, progress=lambda p: print(p.phase, file=sys.stderr))
+        except OSError as e:  # the fitted map is kept in the library folder
+            if e.errno not in (errno.EROFS, errno.EPERM, errno.EACCES):
+                raise
+            print(f"error: library '{lib.name}' is read-only ({e.strerror}: {e.filename}); the map is saved in "
+                  "it, so it cannot be made here", file=sys.stderr)
+            return 2
         if len(m.ids) == 0:
             print("error: no photos with vectors to map", file=sys.stderr)
             return 2

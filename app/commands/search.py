@@ -64,6 +64,8 @@ def load_model(record, source: str | None, device: str):
 
 
 def _print(results, as_json: bool) -> None:
+    from app.display import shown
+
     if as_json:
         rows = []
         for r in results:
@@ -79,7 +81,7 @@ def _print(results, as_json: bool) -> None:
         box = ""
         if with_box:
             box = f"{','.join(f'{v:.0f}' for v in r.box):<24}  " if r.box is not None else " " * 26
-        print(f"{r.rank:>4}  {r.score:6.3f}  {box}{r.path}")
+        print(f"{r.rank:>4}  {r.score:6.3f}  {box}{shown(r.path)}")  # a newline or bad bytes in a name: escaped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(problems: list[str], used: int) -> int:
+    from app.display import shown
+
     for message in problems:
-        print(f"unreadable: {message}", file=sys.stderr)
+        print(f"unreadable: {shown(message)}", file=sys.stderr)
     if used == 0:
         print("error: no readable query image", file=sys.stderr)
         return 2

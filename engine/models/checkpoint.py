@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from engine.atomic import atomic_write
-from engine.models.config import BackboneConfig, family_interpolation
+from engine.models.config import MAX_GRID, BackboneConfig, ConfigValueError, family_interpolation
 
 FORMAT_TAG = "dinoscope-backbone"
 FORMAT_VERSION = 1
@@ -54,26 +54,78 @@ def read_tensor_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {msg}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    check_stored_sizes(obj, str(path))
     return obj
+
+
+def _tensors_in(obj: Any, prefix: str = "", depth: int = 0):
+    """(key, tensor) of every tensor in a checkpoint's nested dicts (state dicts sit at most a few levels down)."""
+    if depth > 4 or not isinstance(obj, dict):
+        return
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            yield f"{prefix}{key}", value
+        elif isinstance(value, dict):
+            yield from _tensors_in(value, f"{prefix}{key}.", depth + 1)
+
+
+def check_stored_sizes(obj: dict[str, Any], origin: str) -> None:
+    """Refuse tensors that declare more values than the file stores, before anything copies them.
+
+    torch.save keeps views as they are: a 5.6 MB tensor with stride 0 can declare a 2600 x 2600 x 384 pos_embed
+    that becomes 10 GB the first time it is copied, cast or interpolated. Real checkpoints never overlap their
+    tensors, so each tensor's declared bytes, and all of them together, fit in the storage the file holds.
+    """
+    declared_total = 0
+    storages: dict[int, int] = {}
+    for key, t in _tensors_in(obj):
+        declared = t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        stored = storage.nbytes()
+        if declared > stored:
+            raise CheckpointError(
+                f"{origin}: {key} declares shape {tuple(t.shape)} ({declared / 1e6:.1f} MB) but the file stores only "
+                f"{stored / 1e6:.1f} MB for it (an overlapping or stride-0 view); refusing to expand it")
+        declared_total += declared
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), stored)
+    stored_total = sum(storages.values())
+    if declared_total > stored_total:
+        raise CheckpointError(
+            f"{origin}: its tensors declare {declared_total / 1e6:.1f} MB over {stored_total / 1e6:.1f} MB of stored "
+            "data (views reusing the same bytes); refusing to expand them")
 
 
 def read_hf_folder(folder: str | os.PathLike) -> tuple[StateDict, dict[str, Any]]:
     """A `save_pretrained` folder: config.json plus model.safetensors (or pytorch_model.bin), maybe sharded."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    config = _read_json(cfg_path) if cfg_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, found {type(config).__name__}")
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return read_tensor_file(folder / name), config
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = _read_json(index)
+            if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+                raise CheckpointError(f"{index}: has no weight_map object")
+            shards = sorted({str(v) for v in weight_map["weight_map"].values()})
+            if any(Path(s).name != s for s in shards):
+                raise CheckpointError(f"{index}: shard names must be files in the same folder")
             sd: StateDict = {}
             for shard in shards:
                 sd.update(read_tensor_file(folder / shard))
             return sd, config
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin in this folder")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from None
 
 
 # ------------------------------------------------------------------------------------------ key handling
@@ -204,15 +256,23 @@ def extract_backbone_state_dict(obj: dict[str, Any], origin: str = "checkpoint")
     """
     if obj.get("format") == FORMAT_TAG:
         version = obj.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CheckpointError(f"{origin}: its format version {version!r} is not a number")
         if version > FORMAT_VERSION:
             raise CheckpointError(f"{origin}: written by a newer Dinoscope (format {version}); please upgrade")
+        for part in ("state_dict", "config"):
+            if not isinstance(obj.get(part), dict):
+                raise CheckpointError(f"{origin}: its {part!r} is a {type(obj.get(part)).__name__}, not a mapping")
         return dict(obj["state_dict"]), dict(obj["config"])
     sd: dict[str, Any] = obj
     config = None
     # Training checkpoints: official {"teacher": {"backbone.*", "dino_head.*", ...}} or Dinoscope's run format.
     for container in ("teacher", "model", "state_dict"):
         if isinstance(sd.get(container), dict):
-            if isinstance(obj.get("backbone_config"), dict):
+            if obj.get("backbone_config") is not None:
+                if not isinstance(obj["backbone_config"], dict):
+                    raise CheckpointError(f"{origin}: its backbone_config is a "
+                                          f"{type(obj['backbone_config']).__name__}, not a mapping")
                 config = dict(obj["backbone_config"])
             sd = sd[container]
             break
@@ -238,9 +298,15 @@ def infer_config(sd: StateDict, origin: str = "checkpoint") -> BackboneConfig:
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in sd:
             raise CheckpointError(f"{origin}: not a DINOv2 backbone (missing {key!r})")
+    if sd["cls_token"].dim() != 3 or sd["pos_embed"].dim() != 3 or sd["patch_embed.proj.weight"].dim() != 4:
+        raise CheckpointError(f"{origin}: cls_token, pos_embed or patch_embed.proj.weight has the wrong number of "
+                              "dimensions for a DINOv2 backbone")
     embed_dim = sd["cls_token"].shape[-1]
     patch = sd["patch_embed.proj.weight"].shape[-1]
     n_pos = sd["pos_embed"].shape[1] - 1
+    if not 1 <= n_pos <= MAX_GRID * MAX_GRID:
+        raise CheckpointError(f"{origin}: pos_embed has {n_pos} positions; a DINOv2 backbone has 1 to "
+                              f"{MAX_GRID * MAX_GRID} ({MAX_GRID} x {MAX_GRID})")
     grid = math.isqrt(n_pos)
     if grid * grid != n_pos:
         raise CheckpointError(f"{origin}: pos_embed has {n_pos} positions, not a square grid")
@@ -257,6 +323,14 @@ def infer_config(sd: StateDict, origin: str = "checkpoint") -> BackboneConfig:
     registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
     if embed_dim % 64:
         raise CheckpointError(f"{origin}: width {embed_dim} is not a multiple of the 64-wide DINOv2 heads")
+    try:
+        return _inferred(embed_dim, depth, patch, grid, ffn_layer, ffn_hidden, registers, sd)
+    except ConfigValueError as e:
+        raise CheckpointError(f"{origin}: {e}") from None
+
+
+def _inferred(embed_dim: int, depth: int, patch: int, grid: int, ffn_layer: str, ffn_hidden: int, registers: int,
+              sd: StateDict) -> BackboneConfig:
     return BackboneConfig(
         embed_dim=embed_dim,
         depth=depth,

@@ -6,10 +6,33 @@ checkpoints so that training-only settings (drop-path, LayerScale init) survive 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
+from numbers import Integral, Real
 from typing import Any
 
 from engine.models.layers.mlp import swiglu_hidden_features
+
+MAX_GRID = 256
+"""Largest pos-embed grid accepted (official models: 37 x 37). 256 x 256 positions still fit in ~400 MB at ViT-g
+width; a hostile checkpoint declaring 2600 x 2600 would need ~10 GB the moment it is interpolated."""
+
+# (field, smallest, largest) for the integer fields: generous bounds around every real DINOv2 (ViT-g: 1536 wide,
+# 40 deep, 24 heads), tight enough that no value can ask for an absurd allocation.
+_INT_RANGES = (
+    ("embed_dim", 1, 16384),
+    ("depth", 1, 512),
+    ("num_heads", 1, 1024),
+    ("patch_size", 1, 1024),
+    ("img_size", 1, 1024 * MAX_GRID),
+    ("ffn_hidden", 1, 16 * 16384),
+    ("num_register_tokens", 0, 1024),
+)
+_BOOL_FIELDS = ("qkv_bias", "proj_bias", "ffn_bias", "interpolate_antialias", "drop_path_uniform")
+
+
+class ConfigValueError(ValueError):
+    """A backbone config value that no DINOv2 can have (loaders add the file's name to the message)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +56,29 @@ class BackboneConfig:
     drop_path_rate: float = 0.0
     drop_path_uniform: bool = True
 
+    def __post_init__(self) -> None:
+        """Every value is checked when a config is made, so a stored config with num_heads 0, a NaN drop-path or
+        a 1e308 offset is refused with one sentence instead of failing later inside torch."""
+        for name, low, high in _INT_RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or not low <= value <= high:
+                raise ConfigValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigValueError(f"num_heads ({self.num_heads}) must divide embed_dim ({self.embed_dim})")
+        if self.img_size < self.patch_size or self.grid_size > MAX_GRID:
+            raise ConfigValueError(
+                f"img_size {self.img_size} with patch_size {self.patch_size} makes a {self.grid_size} x "
+                f"{self.grid_size} position grid; it must be 1 to {MAX_GRID} patches wide")
+        if self.ffn_layer not in ("mlp", "swiglu"):
+            raise ConfigValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {self.ffn_layer!r}")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        _check_real("interpolate_offset", self.interpolate_offset, 0.0, 1.0)
+        _check_real("drop_path_rate", self.drop_path_rate, 0.0, 0.99)
+        if self.init_values is not None:
+            _check_real("init_values", self.init_values, -1e4, 1e4)
+
     @property
     def grid_size(self) -> int:
         return self.img_size // self.patch_size
@@ -42,14 +88,22 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
+        if not isinstance(d, dict):
+            raise ConfigValueError(f"the backbone config must be a mapping of names to values, not a "
+                                   f"{type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown backbone config keys: {sorted(unknown)}")
+            raise ConfigValueError(f"unknown backbone config keys: {sorted(map(str, unknown))}")
         return cls(**d)
 
     def with_(self, **changes: Any) -> BackboneConfig:
         return replace(self, **changes)
+
+
+def _check_real(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
 
 
 def family_interpolation(num_register_tokens: int) -> dict[str, Any]:

@@ -78,7 +78,10 @@ def load_backbone(
     inferred = infer_config(sd, origin)
     config = inferred
     if stored:
-        config = BackboneConfig.from_dict(stored)
+        try:
+            config = BackboneConfig.from_dict(stored)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{origin}: its stored backbone config is invalid: {e}") from None
         shape_fields = ("embed_dim", "depth", "patch_size", "img_size", "ffn_layer", "ffn_hidden",
                         "num_register_tokens")
         for f in shape_fields:

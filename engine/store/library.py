@@ -29,6 +29,8 @@ from engine.store.schema import (
     Folder,
     Image,
     LibraryBusyError,
+    LibraryDamagedError,
+    LibraryReadOnlyError,
     Meta,
     Model,
     Region,
@@ -135,8 +137,13 @@ class _FileLock:
                     f"library '{self.library_name}' is busy: this process ({os.getpid()}) is indexing it",
                     os.getpid(),
                 )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # read-only disk or folder, chattr +i: the library can be read, not changed
+                raise LibraryReadOnlyError(
+                    f"library '{self.library_name}' is read-only ({exc.strerror}: {self.path.parent}); it can be "
+                    "searched and browsed but not indexed or changed") from None
             try:
                 _lock_fd(fd)
             except BlockingIOError:
@@ -234,7 +241,14 @@ class Library:
                 raise StoreError(f"there is no library '{name}' (looked in {root})")
             if root.exists() and not root.is_dir():
                 raise StoreError(f"{root} is a file, not a library folder")
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the library folder {root} ({exc.strerror})") from None
+        vectors = root / VECTORS_DIR
+        if vectors.exists() and not vectors.is_dir():
+            raise LibraryDamagedError(f"{vectors} is a file, but a library keeps its vector indexes in a folder of "
+                                      "that name; move the file away (the indexes are rebuilt from library.db)")
         return cls(root, name)
 
     @staticmethod

@@ -23,8 +23,8 @@ from engine.atomic import atomic_write_group, remove_stale_temps
 from engine.faiss_runtime import faiss_settings
 from engine.store import index_cache
 from engine.store.regions import GRIDS, N_REGIONS
-from engine.store.schema import LibraryBusyError, Model, StoreError
-from engine.store.vectors import ids_checksum
+from engine.store.schema import LibraryBusyError, LibraryReadOnlyError, Model, StoreError
+from engine.store.vectors import ids_checksum, owner
 
 if TYPE_CHECKING:
     import faiss
@@ -36,7 +36,7 @@ log = logging.getLogger("dinoscope.store")
 WHOLE = N_REGIONS  # region number of the whole-crop vector (the mean of the four 2x2 cells)
 REGIONS_PER_IMAGE = N_REGIONS + 1
 REGION_ID_STRIDE = 32  # region index ids are image_id * 32 + region
-REGION_STAMP_FORMAT = 1
+REGION_STAMP_FORMAT = 2  # 2: bound to the library id and the model's weights (engine.store.vectors.owner)
 
 
 def with_whole(regions: np.ndarray) -> np.ndarray:
@@ -117,12 +117,13 @@ class RegionIndex:
         library lock is free; an indexer running elsewhere leaves it in memory only)."""
         import faiss
 
-        revision, dim, image_ids = _region_state(lib, model_id)
+        revision, dim, image_ids, whose = _region_state(lib, model_id)
         files = _region_files(lib, model_id)
         try:
             stamp = json.loads(files["stamp"].read_text())
             expected = {"format": REGION_STAMP_FORMAT, "revision": revision, "dim": dim, "images": len(image_ids),
-                        "ids_checksum": ids_checksum(image_ids), "faiss_bytes": files["faiss"].stat().st_size}
+                        "ids_checksum": ids_checksum(image_ids), "faiss_bytes": files["faiss"].stat().st_size,
+                        **whose}  # another library's or model's files with the same ids must not pass
             stale = [key for key, value in expected.items() if stamp.get(key) != value]
             if not stale:
                 index = faiss.read_index(str(files["faiss"]))
@@ -140,7 +141,7 @@ class RegionIndex:
         try:
             with lib.lock("rebuild regions"):
                 return cls._build(lib, model_id, write=True)
-        except LibraryBusyError:
+        except (LibraryBusyError, LibraryReadOnlyError):
             return cls._build(lib, model_id, write=False)
 
     @classmethod
@@ -154,6 +155,7 @@ class RegionIndex:
                 if row is None:
                     raise StoreError(f"library '{lib.name}' has no model with id {model_id}")
                 revision, dim = row
+                whose = owner(cur, model_id)
                 inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
                 index = faiss.IndexIDMap2(inner)
                 ids: list[np.ndarray] = []
@@ -170,11 +172,11 @@ class RegionIndex:
                 cur.close()
         image_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         if write:
-            _write_region_files(lib, model_id, index, revision, dim, image_ids)
+            _write_region_files(lib, model_id, index, revision, dim, image_ids, whose)
         return cls(model_id, revision, dim, image_ids, index)
 
 
-def _region_state(lib: Library, model_id: int) -> tuple[int, int, np.ndarray]:
+def _region_state(lib: Library, model_id: int) -> tuple[int, int, np.ndarray, dict]:
     with lib.engine.begin() as conn:
         cur = conn.connection.dbapi_connection.cursor()
         try:
@@ -183,13 +185,14 @@ def _region_state(lib: Library, model_id: int) -> tuple[int, int, np.ndarray]:
                 raise StoreError(f"library '{lib.name}' has no model with id {model_id}")
             ids = np.array([r[0] for r in cur.execute(
                 "SELECT image_id FROM regions WHERE model_id = ? ORDER BY image_id", (model_id,))], np.int64)
+            whose = owner(cur, model_id)
         finally:
             cur.close()
-    return int(row[0]), int(row[1]), ids
+    return int(row[0]), int(row[1]), ids, whose
 
 
 def _write_region_files(lib: Library, model_id: int, index: faiss.Index, revision: int, dim: int,
-                        image_ids: np.ndarray) -> None:
+                        image_ids: np.ndarray, whose: dict) -> None:
     """Index, then stamp, through engine.atomic. A failure (a full disk) only costs the cache: logged, not raised."""
     import faiss
 
@@ -206,7 +209,8 @@ def _write_region_files(lib: Library, model_id: int, index: faiss.Index, revisio
 
     def write_stamp(f) -> None:
         stamp = {"format": REGION_STAMP_FORMAT, "model_id": model_id, "revision": revision, "dim": dim,
-                 "images": len(image_ids), "ids_checksum": ids_checksum(image_ids), "faiss_bytes": faiss_bytes}
+                 "images": len(image_ids), "ids_checksum": ids_checksum(image_ids), "faiss_bytes": faiss_bytes,
+                 **whose}
         f.write(json.dumps(stamp, indent=1).encode())
 
     try:

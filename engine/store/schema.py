@@ -18,7 +18,10 @@ Layout notes (why, not what):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +44,12 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+LIBRARY_ID_KEY = "library_id"
+"""meta key of a random id given to a library when it is created: derived files record it, so files copied from
+another library, or left behind when library.db was deleted and created anew, are never taken for this one's."""
 
 SCHEMA_VERSION = 1
 """The schema this code writes. Bump it and register a migration in MIGRATIONS when a table changes."""
@@ -66,6 +74,16 @@ class LibraryVersionError(StoreError):
     """The database was written by a newer Dinoscope; it is left untouched."""
 
 
+class LibraryDamagedError(StoreError):
+    """library.db fails SQLite's consistency check or lacks a table; nothing more is read from it or written."""
+
+
+class LibraryReadOnlyError(StoreError):
+    """The library is on a read-only disk or folder: it can be searched and browsed, not changed."""
+
+
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -87,6 +105,38 @@ class IsoDateTime(TypeDecorator):
         return None if value is None else datetime.fromisoformat(value)
 
 
+class FsText(TypeDecorator):
+    """Text that may hold a file name which is not valid UTF-8 (legal on Linux: bytes from an old camera card or a
+    Latin-1 system). Python carries such names as str with surrogate escapes, which SQLite cannot store as TEXT;
+    those values are stored as their raw bytes (a BLOB in the same column) and read back as the identical str, so
+    the file can still be opened, moved and found by path. Valid names stay ordinary TEXT."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | bytes | None:
+        if value is None or not isinstance(value, str):
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return to_fs_bytes(value)
+        return value
+
+    def process_result_value(self, value: str | bytes | None, dialect) -> str | None:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "surrogateescape")
+        return value
+
+
+def to_fs_bytes(value: str) -> bytes:
+    """The bytes of a name as the file system holds them (surrogate escapes back to their original bytes)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no POSIX file name decodes to (Windows names)
+        return value.encode("utf-8", "surrogatepass")
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: IsoDateTime()}  # noqa: RUF012 (SQLAlchemy reads this class attribute)
 
@@ -104,7 +154,7 @@ class Folder(Base):
 
     __tablename__ = "folders"
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsText, unique=True)
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -121,7 +171,7 @@ class Image(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
-    path: Mapped[str] = mapped_column(Text, unique=True)  # absolute
+    path: Mapped[str] = mapped_column(FsText, unique=True)  # absolute; FsText keeps non-UTF-8 names intact
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     content_hash: Mapped[str | None] = mapped_column(String(32))  # blake2b-128 hex of the whole file
@@ -131,7 +181,7 @@ class Image(Base):
     captured_at: Mapped[datetime | None] = mapped_column()
     format: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(8), default="pending")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(FsText)  # names the file, so it may hold its undecodable bytes
     indexed_at: Mapped[datetime | None] = mapped_column()
 
 
@@ -150,8 +200,8 @@ class Model(Base):
 
     __tablename__ = "models"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(FsText)
+    source: Mapped[str] = mapped_column(FsText)
     checkpoint_hash: Mapped[str] = mapped_column(String(64), unique=True)
     dim: Mapped[int] = mapped_column(Integer)
     patch_size: Mapped[int] = mapped_column(Integer)
@@ -254,11 +304,33 @@ def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}".strip())
 
 
+def is_read_only(path: Path) -> bool:
+    """True when this process cannot write the database or create its -wal/-shm files beside it (a read-only
+    mount, `chattr +i`, or permissions), so it must be opened as an immutable snapshot."""
+    folder = path.parent
+    return (path.exists() and not os.access(path, os.W_OK)) or (folder.exists() and not os.access(folder, os.W_OK))
+
+
+def ro_uri(path: Path) -> str:
+    # immutable=1: SQLite takes no locks and creates no -shm, which is what lets a read-only WAL database open at
+    # all. Nobody can change a file this process may not write and whose folder it may not write... except its
+    # owner; a leftover -wal (a writer killed before it checkpointed) keeps the plain read-only mode, which sees it.
+    wal = path.with_name(path.name + "-wal")
+    immutable = not (wal.exists() and wal.stat().st_size > 0)
+    return f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
 def stored_version(path: Path) -> int | None:
     """Read the schema version without changing a single byte of the file (read-only connection).
 
     None for a file with no tables (new). Raises StoreError for a file that is not a Dinoscope library.
     """
+    if is_read_only(path):
+        try:
+            tables, row = _read_version(path, ro_uri(path))
+        except sqlite3.OperationalError as exc:
+            raise LibraryReadOnlyError(f"{path}: cannot read the read-only library database ({exc})") from None
+        return _version_of(path, tables, row)
     try:
         tables, row = _read_version(path, f"{path.resolve().as_uri()}?mode=ro")
     except sqlite3.OperationalError:
@@ -268,6 +340,10 @@ def stored_version(path: Path) -> int | None:
             tables, row = _read_version(path, path.resolve().as_uri())
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{path}: cannot read the library database ({exc})") from None
+    return _version_of(path, tables, row)
+
+
+def _version_of(path: Path, tables: set[str], row: tuple | None) -> int | None:
     if not tables:
         return None
     if "meta" not in tables:
@@ -308,20 +384,71 @@ def check_version(path: Path, version: int | None) -> None:
 
 
 def open_engine(path: Path) -> Engine:
-    """Engine for a library database, brought to SCHEMA_VERSION. A newer database is refused before any write."""
-    version = stored_version(path) if path.exists() else None
+    """Engine for a library database, brought to SCHEMA_VERSION, after a quick consistency check. A newer database
+    is refused before any write; a damaged one (LibraryDamagedError) before anything is read from it; a read-only
+    one is opened as a read-only snapshot (searchable; writes raise sqlite3's "readonly database")."""
+    existed = path.exists()
+    version = stored_version(path) if existed else None
     check_version(path, version)
-    engine = create_engine(f"sqlite:///{path}")
-    event.listen(engine, "connect", _on_connect)
+    read_only = existed and is_read_only(path)
+    if read_only:
+        engine = create_engine(f"sqlite:///{ro_uri(path).replace('file://', 'file:', 1)}&uri=true")
+        event.listen(engine, "connect", _on_connect_read_only)
+    else:
+        engine = create_engine(f"sqlite:///{path}")
+        event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _on_begin)
-    if version == SCHEMA_VERSION:
-        return engine  # the common case takes no write lock, so opening never waits for a running indexer
     try:
-        migrate(engine)
+        if version is not None:
+            from engine.store.integrity import quick_check  # it imports this module: not at the top
+
+            quick_check(engine, path)
+        if version == SCHEMA_VERSION:
+            if not read_only:
+                _ensure_library_id(engine)
+            return engine  # the common case takes no write lock, so opening never waits for a running indexer
+        if read_only:
+            raise LibraryReadOnlyError(f"{path} needs upgrading to schema {SCHEMA_VERSION}, but it is read-only")
+        try:
+            migrate(engine)
+        except OperationalError as exc:
+            raise StoreError(f"cannot {'update' if existed else 'create'} the library database {path} "
+                             f"({_sqlite_reason(exc)}); nothing was changed") from None
     except BaseException:
         engine.dispose()
+        if not existed:  # a database this call created and could not finish: leave no empty shell behind
+            for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         raise
     return engine
+
+
+def _on_connect_read_only(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _sqlite_reason(exc: Exception) -> str:
+    text_ = str(getattr(exc, "orig", exc))
+    return "the disk is full" if "full" in text_ else text_
+
+
+def _ensure_library_id(engine: Engine) -> None:
+    """Libraries created before the id existed get one, once; a read-only one goes without (its vector files then
+    match no stamp and are rebuilt in memory, never trusted blindly)."""
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM meta WHERE key = :k"), {"k": LIBRARY_ID_KEY}).first() is not None:
+            return
+    try:
+        with engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+            conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES (:k, :v)"),
+                         {"k": LIBRARY_ID_KEY, "v": uuid.uuid4().hex})
+    except OperationalError:  # read-only file or folder
+        pass
 
 
 def migrate(engine: Engine) -> int:
@@ -336,6 +463,7 @@ def migrate(engine: Engine) -> int:
             for ddl in _REVISION_TRIGGERS:
                 conn.exec_driver_sql(ddl)
             conn.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            conn.execute(Meta.__table__.insert().values(key=LIBRARY_ID_KEY, value=uuid.uuid4().hex))
             return SCHEMA_VERSION
         version = int(conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one())
         check_version(Path(engine.url.database or "library.db"), version)
@@ -358,6 +486,8 @@ __all__ = [
     "Folder",
     "Image",
     "Label",
+    "LibraryDamagedError",
+    "LibraryReadOnlyError",
     "LibraryVersionError",
     "MapCoord",
     "Meta",

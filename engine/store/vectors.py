@@ -5,8 +5,12 @@ Files in `<library>/vectors/`:
                     clusters, maps) without loading FAISS
   model_<id>.faiss  IndexIDMap2 keyed by image id around IndexFlatIP (exact), or IVF (fp16 lists) / HNSW-Flat past
                     the library's `ann_threshold` (default 1,000,000 vectors)
-  model_<id>.json   the stamp: count, ids checksum, database revision, kind, file sizes. Written last: it is the
-                    commit point, so a crash anywhere before it leaves a stamp that no longer matches the database.
+  model_<id>.json   the stamp: count, ids checksum, database revision, kind, file sizes, and what the vectors belong
+                    to: the library's id (written in its database when it was created) and the model's weights
+                    hash. Revision, count and ids repeat themselves in a rebuilt database or another library, so
+                    without the last two another model's or another library's files would pass as current.
+                    Written last: it is the commit point, so a crash anywhere before it leaves a stamp that no
+                    longer matches the database.
 
 All three are written to temporary names, fsynced, and only then renamed over the old ones, so a full disk or a kill
 leaves the previous files intact. Only the process holding the library lock writes; a reader that finds the files
@@ -22,11 +26,13 @@ under a millisecond-scale budget. HNSW stays available (`ann_kind = "hnsw"`) for
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +42,10 @@ import faiss
 import numpy as np
 from sqlalchemy import select
 
-from engine.atomic import atomic_write_group, remove_stale_temps
+from engine.atomic import atomic_write_group
 from engine.faiss_runtime import configure_faiss
 from engine.store import index_cache
-from engine.store.schema import LibraryBusyError, Model, StoreError
+from engine.store.schema import LibraryBusyError, LibraryReadOnlyError, Model, StoreError
 
 if TYPE_CHECKING:
     from engine.store.library import Library
@@ -48,7 +54,7 @@ configure_faiss()
 
 log = logging.getLogger("dinoscope.store")
 
-STAMP_FORMAT = 1
+STAMP_FORMAT = 2  # 2: binds the files to the library id and the weights hash
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -63,6 +69,15 @@ class Snapshot:
     dim: int
     ids: np.ndarray  # (n,) int64 ascending
     matrix: np.ndarray | None  # (n, D) float32, None when only the ids were read
+    owner: dict[str, str | None]  # {"library_id", "checkpoint_hash"}: whose vectors these are
+
+
+def owner(cur, model_id: int) -> dict[str, str | None]:
+    """The library id and the weights hash a derived file must carry to be this library's and this model's (for any
+    file built from the database: vectors here, region indexes in engine.store.region_index). `cur` is a DB-API cursor."""
+    row = cur.execute("SELECT value FROM meta WHERE key = 'library_id'").fetchone()
+    weights = cur.execute("SELECT checkpoint_hash FROM models WHERE id = ?", (model_id,)).fetchone()
+    return {"library_id": row[0] if row else None, "checkpoint_hash": weights[0] if weights else None}
 
 
 def ids_checksum(ids: np.ndarray) -> str:
@@ -84,6 +99,7 @@ def read_snapshot(lib: Library, model_id: int, with_vectors: bool = True) -> Sna
             if row is None:
                 raise StoreError(f"library '{lib.name}' has no model with id {model_id}")
             revision, dim = row
+            whose = owner(cur, model_id)
             n = cur.execute("SELECT count(*) FROM embeddings WHERE model_id = ?", (model_id,)).fetchone()[0]
             ids = np.empty(n, np.int64)
             matrix = np.empty((n, dim), np.float32) if with_vectors else None
@@ -98,7 +114,7 @@ def read_snapshot(lib: Library, model_id: int, with_vectors: bool = True) -> Sna
                     i += 1
         finally:
             cur.close()
-    return Snapshot(model_id, revision, dim, ids, matrix)
+    return Snapshot(model_id, revision, dim, ids, matrix, whose)
 
 
 def desired_kind(lib: Library, count: int) -> str:
@@ -203,6 +219,7 @@ class VectorIndex:
         """Load the files if their stamp matches the database; otherwise rebuild them (and say why in the log)."""
         state = read_snapshot(lib, model_id, with_vectors=False)
         files = file_paths(lib, model_id)
+        _remove_stale_temps(lib.vectors_dir, dead_writers_only=True)
         try:
             loaded = cls._load(lib, state, files)
         except _Stale as stale:
@@ -220,8 +237,12 @@ class VectorIndex:
                 raise _Stale(f"stamp format {stamp.get('format')} is not {STAMP_FORMAT}")
         except (OSError, ValueError) as exc:
             raise _Stale(f"the stamp cannot be read ({exc})") from None
+        if state.owner["library_id"] is None:
+            raise _Stale("the library has no id yet (a read-only library made by an older version)")
         count = len(state.ids)
         checks = [
+            ("library_id", state.owner["library_id"]),  # first: another library's files differ in everything
+            ("checkpoint_hash", state.owner["checkpoint_hash"]),
             ("revision", state.revision),
             ("count", count),
             ("dim", state.dim),
@@ -260,7 +281,7 @@ class VectorIndex:
         try:
             with lib.lock("rebuild vectors"):
                 return cls._build(lib, model_id, reason, write=True)
-        except LibraryBusyError:
+        except (LibraryBusyError, LibraryReadOnlyError):
             return cls._build(lib, model_id, reason, write=False)
 
     @classmethod
@@ -293,7 +314,7 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
     """
     assert snap.matrix is not None
     files = file_paths(lib, snap.model_id)
-    remove_stale_temps(lib.vectors_dir, ".model_*.tmp")  # left by a killed writer; the caller holds the lock
+    _remove_stale_temps(lib.vectors_dir)  # left by a killed writer; the caller holds the lock
     matrix = np.ascontiguousarray(snap.matrix).reshape(-1).view(np.uint8)
     faiss_bytes = 0
 
@@ -314,6 +335,7 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
             "dim": snap.dim,
             "max_image_id": int(snap.ids[-1]) if len(snap.ids) else 0,
             "ids_checksum": ids_checksum(snap.ids),
+            **snap.owner,
             "kind": kind,
             "f32_bytes": int(matrix.nbytes),
             "faiss_bytes": faiss_bytes,
@@ -350,3 +372,35 @@ def library_vectors(lib: Library, model_id: int) -> tuple[np.ndarray, np.ndarray
     """(image ids ascending (n,) int64, L2-normalised vectors (n, D) float32), row for row."""
     index = vector_index(lib, model_id)
     return index.ids(), index.vectors()
+
+
+def _remove_stale_temps(folder: Path, dead_writers_only: bool = False) -> None:
+    """Temporary files left by a killed writer (a 1M-vector library leaves ~1.5 GB). Under the library lock every
+    one is stale; without it (opening a library to search) only those whose writing process has ended, whose pid
+    is in the name. Unreadable or read-only folders are left as they are."""
+    try:
+        temps = list(folder.glob(".model_*.tmp"))
+    except OSError:
+        return
+    for tmp in temps:
+        if dead_writers_only and _writer_alive(tmp.name):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in ".model_1.f32.<pid>.tmp" still runs (unknown counts as alive)."""
+    try:
+        pid = int(name.rsplit(".", 2)[-2])
+    except (ValueError, IndexError):
+        return True
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would terminate the process: never probe
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process; anything else: leave the file
+        return True
+    return True

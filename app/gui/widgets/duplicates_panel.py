@@ -204,8 +204,13 @@ class DuplicatesPanel(QWidget):
         try:
             moved = move_files(others, dest)
         except OSError as e:
-            self.error.emit("Could not move every photo", str(e))
-            return 0
+            done = getattr(e, "done", [])  # PartialMoveError: the photos moved before the error
+            moved_list = "".join(f"\n{old} → {new}" for old, new in done[:12]) + ("\n…" if len(done) > 12 else "")
+            self.error.emit("Could not move every photo", f"{getattr(e, 'cause', e)}\n\n{len(done)} of "
+                            f"{len(others)} photos were moved to {dest} before the error:{moved_list}")
+            if done:
+                self.files_moved.emit(len(done))
+            return len(done)
         self.status.emit(f"Moved {len(moved)} photos to {dest}; re-index the library to update it")
         row = self.group_list.currentRow()
         del self.groups[row]
