@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bundle install-desktop clean
+.PHONY: run test lint bench bundle install-desktop clean gpu-wheels
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, PySide6, faiss, cv2, sqlalchemy, transformers"
+	$(PY) -c "import torch, PySide6, faiss, cv2, sqlalchemy, transformers, openvino"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -31,6 +31,10 @@ bundle: $(STAMP)
 	$(VENV)/bin/pyinstaller --noconfirm --clean pyinstaller.spec
 	dist/dinoscope/dinoscope-cli --help
 	dist/dinoscope/dinoscope-cli models
+
+# Wheels bench/gpu_check.sh installs on a CUDA machine without a package index (bench/wheels/, not in git).
+gpu-wheels: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu_wheels.sh
 
 # Menu entry + icons for the current user; runs the bundle if built, else .venv/bin/dinoscope.
 install-desktop: $(STAMP)
