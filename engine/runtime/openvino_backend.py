@@ -104,11 +104,15 @@ class OpenVinoRuntime:
         self.timings: dict[str, float] = {}
         self.cache_status = "off"
         core = ov.Core()
-        if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
+        # Listing the devices loads every plugin (the GPU one probes OpenCL): only for the devices that need it.
+        if device != "CPU" and device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
             have = ", ".join(core.available_devices)
             raise BackendUnavailable(f"OpenVINO sees no {device} device (it has: {have})")
         self.config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
-        key = ov_cache.CacheKey(weights_hash(folded), input_size, self.hint,
+        t = time.perf_counter()
+        digest = weights_hash(folded)
+        self.timings["hash_s"] = time.perf_counter() - t
+        key = ov_cache.CacheKey(digest, input_size, self.hint,
                                 f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}", ov.get_version())
         self.cache_path = ov_cache.cache_folder() / key.filename() if use_cache else None
         compiled = self._from_cache(core, key) if use_cache else None
@@ -119,7 +123,9 @@ class OpenVinoRuntime:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.lock = threading.Lock()
+        t = time.perf_counter()
         self._check(folded)
+        self.timings["check_s"] = time.perf_counter() - t
 
     # ------------------------------------------------------------------------------------------- building
     def _from_cache(self, core, key: ov_cache.CacheKey):
