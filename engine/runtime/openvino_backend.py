@@ -2,8 +2,8 @@
 OpenVINO device (CPU, GPU, NPU) at fp32 or bf16 (fp16 on GPUs/NPUs), and cached compiled on disk.
 
 Only the fixed-size path (224 px, what the indexer and queries use) runs here; inputs of any other size (dense
-overlays at aspect-preserving sizes) go to the torch backend. Every compiled model is checked once against torch
-fp32 on a probe image before use, so a conversion that gives wrong numbers falls back instead of storing them.
+overlays at aspect-preserving sizes) go to the torch backend. Every newly compiled model is checked against torch fp32
+on a probe image before it is used or cached, so a conversion that gives wrong numbers falls back instead.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class OpenVinoRuntime:
         self.hint = HINTS[precision]
         self.timings: dict[str, float] = {}
         self.cache_status = "off"
+        self.probe_cosine: float | None = None
         core = ov.Core()
         # Listing the devices loads every plugin (the GPU one probes OpenCL): only for the devices that need it.
         if device != "CPU" and device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
@@ -123,9 +124,10 @@ class OpenVinoRuntime:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.lock = threading.Lock()
-        t = time.perf_counter()
-        self._check(folded)
-        self.timings["check_s"] = time.perf_counter() - t
+        if self.cache_status != "hit":  # a cached blob passed this check when it was built, and its checksum holds
+            t = time.perf_counter()
+            self._check(folded)
+            self.timings["check_s"] = time.perf_counter() - t
 
     # ------------------------------------------------------------------------------------------- building
     def _from_cache(self, core, key: ov_cache.CacheKey):
