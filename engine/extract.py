@@ -80,11 +80,11 @@ class Extractor:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if backend == "auto":
+        ov_device = openvino_device(device) if isinstance(device, str) else None
+        if backend == "auto" and not ov_device:  # an OpenVINO device name already says which backend
             backend = os.environ.get("DINOSCOPE_BACKEND", "auto") or "auto"
             if backend not in BACKENDS:
                 raise ValueError(f"DINOSCOPE_BACKEND={backend!r}; choose one of {', '.join(BACKENDS)}")
-        ov_device = openvino_device(device) if isinstance(device, str) else None
         if ov_device and backend == "torch":
             raise ValueError(f"{ov_device} is an OpenVINO device; use --backend openvino or auto")
         if ov_device:
