@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3, help="the median of this many trials is reported")
     ap.add_argument("--photos", type=int, default=32, help="12 MP JPEGs for the end-to-end run (0 to skip)")
     ap.add_argument("--skip", nargs="*", default=[], help="contenders to leave out")
+    ap.add_argument("--name", default=None, help="bench/out/<name>.json (default extract_<device>)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -139,22 +140,30 @@ def main() -> None:
         x = base.repeat((b + len(base) - 1) // len(base), 1, 1, 1)[:b].contiguous().to(device)
         fns = {name: (lambda fn=fn, x=x, b=b: (fn(x), sync(), b)[2]) for name, fn in calls(x).items()}
         med = interleaved_medians(fns, args.seconds, args.trials)
-        hf_best = max(med.get("hf-autocast-bf16", 0), med.get("hf-bf16-weights", 0)) or med["hf-fp32"]
+        hf_best = max(med.get("hf-autocast-bf16", 0), med.get("hf-bf16-weights", 0)) or None
+
+        def ratio(rate: float, ref: float | None) -> float | None:
+            return rate / ref if ref else None
+
         for name, rate in med.items():
-            results.append({"batch": b, "contender": name, "img_s": rate, "cosine": cosine[name],
-                            "vs_hf_best_bf16": rate / hf_best, "vs_hf_fp32": rate / med["hf-fp32"],
-                            "vs_ov_raw_bf16": rate / med["ov-raw-bf16"] if "ov-raw-bf16" in med else None})
-            rows.append([b, name, rate, f"{rate / hf_best:.2f}x", f"{rate / med['hf-fp32']:.2f}x",
-                         f"{rate / med['ov-raw-bf16']:.2f}x" if "ov-raw-bf16" in med else "-", f"{cosine[name]:.5f}"])
+            r = {"batch": b, "contender": name, "img_s": rate, "cosine": cosine[name],
+                 "vs_hf_best_bf16": ratio(rate, hf_best), "vs_hf_fp32": ratio(rate, med.get("hf-fp32")),
+                 "vs_ov_raw_bf16": ratio(rate, med.get("ov-raw-bf16"))}
+            results.append(r)
+            keys = ("vs_hf_best_bf16", "vs_hf_fp32", "vs_ov_raw_bf16")
+            rows.append([b, name, rate, *(f"{r[k]:.2f}x" if r[k] else "-" for k in keys), f"{cosine[name]:.5f}"])
             print(f"  batch {b:>3} {name:18s} {rate:6.1f} img/s", flush=True)
 
     print()
     print(f"## Extraction, {args.model} random weights, 224 px, {machine()}")
     print(table(["batch", "contender", "img/s", "vs transformers best bf16", "vs transformers fp32",
                  "vs raw OpenVINO bf16", f"min CLS cosine to torch fp32 ({len(samples)} photos)"], rows))
-    print(f"OpenVINO start: conversion {startup.get('convert_s', 0):.1f} s, compile "
-          f"{startup.get('compile_s', 0):.1f} s; second start {second_start:.2f} s from the compiled-model cache "
-          f"({startup['cache']})")
+    if "convert_s" in startup:
+        print(f"OpenVINO start: conversion {startup['convert_s']:.1f} s, compile {startup['compile_s']:.1f} s; "
+              f"second start {second_start:.2f} s from the compiled-model cache ({startup['cache']})")
+    else:
+        print(f"OpenVINO start from the compiled-model cache ({startup['cache']}): {first_start:.2f} s, then "
+              f"{second_start:.2f} s")
 
     e2e = None
     if args.photos:
@@ -181,8 +190,9 @@ def main() -> None:
               f"{auto.workers} decode threads)")
         print(table(["model only img/s", "files on disk img/s", "ratio"],
                     [[med["model"], med["e2e"], f"{med['e2e'] / med['model']:.0%}"]]))
-    path = save_json(f"extract_{device.type}", {"machine": machine(), "model": args.model, "args": vars(args),
-                                                "rows": results, "cosine": cosine, "startup": startup, "e2e": e2e})
+    path = save_json(args.name or f"extract_{device.type}",
+                     {"machine": machine(), "model": args.model, "args": vars(args), "rows": results,
+                      "cosine": cosine, "startup": startup, "e2e": e2e})
     print(f"\nsaved {path}")
 
 
