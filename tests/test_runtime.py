@@ -101,3 +101,11 @@ def test_bad_backend_and_openvino_device_names_are_refused() -> None:
     # This machine has no Intel GPU or NPU: asking for one says what OpenVINO does see.
     with pytest.raises(BackendUnavailable, match=r"no NPU device.*CPU"):
         Extractor(model, device="NPU")
+
+
+def test_library_commands_refuse_an_unknown_backend_before_opening_the_library(capsys, dinoscope_home) -> None:
+    from app.commands._library import open_with_model
+
+    assert open_with_model("nowhere", None, backend="onnx") is None
+    err = capsys.readouterr().err
+    assert "unknown backend 'onnx'" in err and "nowhere" not in err
