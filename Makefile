@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bundle install-desktop clean
+.PHONY: run test lint bench bundle install-desktop clean gpu-wheels
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bundle: $(STAMP)
 	$(VENV)/bin/pyinstaller --noconfirm --clean pyinstaller.spec
 	dist/dinoscope/dinoscope-cli --help
 	dist/dinoscope/dinoscope-cli models
+
+# Wheels bench/gpu_check.sh installs on a CUDA machine without a package index (bench/wheels/, not in git).
+gpu-wheels: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu_wheels.sh
 
 # Menu entry + icons for the current user; runs the bundle if built, else .venv/bin/dinoscope.
 install-desktop: $(STAMP)

@@ -71,13 +71,24 @@ def save_json(name: str, data: object) -> Path:
     return path
 
 
-def make_photos(n: int, megapixels: float = 12.0, folder: Path | None = None) -> list[Path]:
-    """Phone-sized JPEGs (4000x3000, q90, EXIF-free) made from scikit-image's real photos: crops, flips, noise.
+def source_photos() -> list[Path]:
+    try:
+        import skimage
+    except ImportError:
+        return sorted((Path(__file__).resolve().parents[1] / "assets" / "sample").rglob("*.jpg"))
+    data = Path(skimage.__file__).parent / "data"
+    sources = [data / s for s in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
+                                  "hubble_deep_field.jpg", "immunohistochemistry.png", "retina.jpg")]
+    return [s for s in sources if s.exists()]
 
-    Made once and cached under bench/out; a real 12 MP phone JPEG decodes at about the same cost.
+
+def make_photos(n: int, megapixels: float = 12.0, folder: Path | None = None) -> list[Path]:
+    """Phone-sized JPEGs (4000x3000, q90, EXIF-free) made from real photos: crops, flips, noise.
+
+    The sources are scikit-image's photos, or the bundled sample library's where scikit-image is not installed
+    (the GPU machine). Made once and cached under bench/out; a real 12 MP phone JPEG decodes at about the same cost.
     """
     import numpy as np
-    import skimage
     from PIL import Image
 
     folder = folder or OUT / f"photos_{int(megapixels)}mp"
@@ -85,10 +96,7 @@ def make_photos(n: int, megapixels: float = 12.0, folder: Path | None = None) ->
     existing = sorted(folder.glob("*.jpg"))
     if len(existing) >= n:
         return existing[:n]
-    data = Path(skimage.__file__).parent / "data"
-    sources = [data / s for s in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
-                                  "hubble_deep_field.jpg", "immunohistochemistry.png", "retina.jpg")]
-    sources = [s for s in sources if s.exists()]
+    sources = source_photos()
     rng = np.random.default_rng(0)
     w = round((megapixels * 1e6 * 4 / 3) ** 0.5)
     h = round(w * 3 / 4)

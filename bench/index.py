@@ -85,7 +85,7 @@ def bench_indexing(args) -> dict:
         torch.manual_seed(0)
         torch.save(build_backbone("dinov2_vits14").state_dict(), tmp / "vits14.pth")
         model = load_backbone(tmp / "vits14.pth")
-        extractor = Extractor(model)
+        extractor = Extractor(model, backend=args.backend)
         t0 = time.perf_counter()
         tensors = torch.stack([eval_input(p) for p in files])
         prep_s = time.perf_counter() - t0
@@ -105,7 +105,7 @@ def bench_indexing(args) -> dict:
         def end_to_end(trial: int) -> tuple[float, float]:
             with Library.open(tmp / f"lib{trial}") as lib:
                 t = time.perf_counter()
-                report = index_library(lib, model, folders=[folder], batch_size=bs)
+                report = index_library(lib, model, folders=[folder], batch_size=bs, backend=args.backend)
                 wall = time.perf_counter() - t
             assert report.failed == 0 and report.new == len(files), report.summary()
             return report.files_per_s, len(files) / wall
@@ -124,9 +124,11 @@ def bench_indexing(args) -> dict:
              med["pipeline"] / med["model"]],
             ["index_library wall clock (with scan and vector files)", med["wall"], med["wall"] / med["model"]]]
     print(table(["path", "img/s (median of 3)", "ratio to model only"], rows))
-    print(f"(precision {extractor.precision}, batch {bs}, {extractor.workers} decode threads; preprocessing the "
-          f"model-only tensors took {prep_s:.1f} s, {len(files) / prep_s:.1f} files/s single-threaded)")
-    return {"photos": len(files), "precision": extractor.precision, "batch": bs, "runs": runs, "median": med,
+    print(f"({extractor.backend} {extractor.precision}, batch {bs}, {extractor.workers} decode threads; "
+          f"preprocessing the model-only tensors took {prep_s:.1f} s, {len(files) / prep_s:.1f} files/s "
+          "single-threaded)")
+    return {"photos": len(files), "backend": extractor.backend, "precision": extractor.precision, "batch": bs,
+            "runs": runs, "median": med,
             "ratio": med["pipeline"] / med["model"], "ratio_wall": med["wall"] / med["model"]}
 
 
@@ -314,6 +316,8 @@ def main() -> None:
                     choices=["indexing", "search", "query"])
     ap.add_argument("--photos", type=int, default=96, help="12 MP JPEGs for the indexing part")
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
+                    help="the Extractor backend of the indexing part")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dims", type=int, nargs="+", default=[384, 768])
     ap.add_argument("--queries", type=int, default=200, help="held-out queries per index")
@@ -340,6 +344,8 @@ def main() -> None:
     name = "index" if args.parts == ["indexing", "search", "query"] else "index_" + "_".join(args.parts)
     if args.torch_threads:
         name += f"_torch{args.torch_threads}"
+    if args.backend != "auto":
+        name += f"_{args.backend}"
     print(f"\nsaved {save_json(name, out)}")
 
 

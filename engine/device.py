@@ -7,8 +7,20 @@ from pathlib import Path
 
 import torch
 
+# OpenVINO device names (as `openvino.Core().available_devices` reports them) that --device accepts besides torch's.
+# Upper case, as OpenVINO writes them: "cpu"/"cuda"/"mps" stay torch devices; "GPU", "GPU.1", "NPU" are OpenVINO's.
+OPENVINO_DEVICES = ("GPU", "NPU")
+
+
+def openvino_device(name: str) -> str | None:
+    """The OpenVINO device a --device value names (an Intel GPU or NPU), None for a torch device or "auto"."""
+    return name if name.split(".")[0] in OPENVINO_DEVICES else None
+
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for --device: auto prefers CUDA, then MPS, then the CPU; a named one must exist."""
+    if openvino_device(name):
+        raise ValueError(f"{name} is an OpenVINO device; it runs with the openvino backend, not torch")
     if name != "auto":
         dev = torch.device(name)
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -30,10 +42,12 @@ def cpu_has_fast_bf16() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+    words = set(flags.split())
+    return bool(words & {"avx512_bf16", "amx_bf16"})
 
 
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """auto: bf16 on CUDA GPUs that have it (else fp16), fp16 on MPS, bf16 on CPUs with AVX512-BF16/AMX, else fp32."""
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name != "auto":
         try:

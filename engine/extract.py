@@ -12,16 +12,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.device import pick_device, pick_dtype
-from engine.models.fuse import fold_layerscale
+from engine.device import openvino_device, pick_device
 from engine.progress import Cancelled, Progress
+from engine.runtime import BACKENDS, BackendUnavailable, Runtime, auto_reason, log
+from engine.runtime.torch_backend import TorchRuntime
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -38,23 +38,18 @@ class Batch:
 
 
 
-def _quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 linears. torch.ao marks this API deprecated (torchao replaces it) but 2.13 still ships it."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
 
 class Extractor:
-    """Runs a backbone in inference mode at the best precision the device has.
+    """Runs a backbone in inference mode at the best precision the device has, through the fastest backend.
 
     precision: "auto" picks bf16 on GPUs and on CPUs with AVX512-BF16/AMX, fp16 on MPS, else fp32; "int8"
-    quantises the linear layers dynamically (CPU only). The model is copied when its weights must change.
+    quantises the linear layers dynamically (torch, CPU only). The model is copied when its weights must change.
+
+    backend: "auto" takes OpenVINO on x86 CPUs when it is installed and converts the model (the 224-px path that
+    indexing and queries use), torch otherwise, logging one line that says why; "torch" and "openvino" force one
+    (a forced "openvino" that cannot run raises `BackendUnavailable`). The DINOSCOPE_BACKEND environment variable
+    replaces "auto". Inputs of any other size (dense overlays, region queries outside the crop) always run on
+    torch. `device` also takes OpenVINO device names ("GPU", "GPU.1", "NPU"), which imply the openvino backend.
     """
 
     def __init__(
@@ -66,45 +61,81 @@ class Extractor:
         workers: int | None = None,
         patch_tokens: bool = False,
         cpu_chunk: int | None = 8,
+        backend: str = "auto",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.device = pick_device(str(device)) if not isinstance(device, torch.device) else device
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        ov_device = openvino_device(device) if isinstance(device, str) else None
+        if backend == "auto" and not ov_device:  # an OpenVINO device name already says which backend
+            backend = os.environ.get("DINOSCOPE_BACKEND", "auto") or "auto"
+            if backend not in BACKENDS:
+                raise ValueError(f"DINOSCOPE_BACKEND={backend!r}; choose one of {', '.join(BACKENDS)}")
+        if ov_device and backend == "torch":
+            raise ValueError(f"{ov_device} is an OpenVINO device; use --backend openvino or auto")
+        if ov_device:
+            self.device = torch.device("cpu")  # where torch runs the other input sizes
+        else:
+            self.device = pick_device(str(device)) if not isinstance(device, torch.device) else device
+        if backend == "openvino" and self.device.type != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU or an OpenVINO device (GPU, NPU), "
+                             f"not {self.device.type}")
         self.patch_size = model.patch_size
         self.embed_dim = model.embed_dim
         self.patch_tokens = patch_tokens
-        if precision == "int8":
-            if self.device.type != "cpu":
-                raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
-            self.model = _quantize_int8(fold_layerscale(model).float().eval())
-            self.dtype = torch.float32
-            self.precision = "int8"
+        self.torch_runtime = TorchRuntime(model, self.device, precision, cpu_chunk)
+        self.model = self.torch_runtime.model
+        self.dtype = self.torch_runtime.dtype
+        self.precision = self.torch_runtime.precision
+        self.runtime: Runtime = self.torch_runtime
+        self.backend_reason = "asked for" if backend == "torch" else ""
+        if backend != "torch":
+            self._try_openvino(backend, ov_device, precision)
+        self.backend = self.runtime.name
+        if self.backend == "openvino":
+            # OpenVINO keeps its speed at batch 32 where torch on a CPU loses a third (ENVIRONMENT.md §10; and
+            # bench/extract.py: 4 chunks of 8 ran at 0.91x of one batch of 32), so it gets whole batches of 32.
+            self.batch_size = batch_size or 32
+            self.chunk = None
         else:
-            self.dtype = pick_dtype(self.device, precision)
-            self.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-            self.model = fold_layerscale(model).to(self.device).eval()
-        self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
-        # On a CPU, a forward pass over more than ~8 images spills its activations out of the caches and gets
-        # slower per image (ENVIRONMENT.md §6: transformers drops from 35 to 23 img/s at batch 32), so large
-        # batches run as cache-sized chunks. GPUs want the whole batch at once.
-        self.chunk = cpu_chunk if self.device.type == "cpu" else None
+            self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
+            self.chunk = cpu_chunk if self.device.type == "cpu" else None
         self.workers = workers or min(4, os.cpu_count() or 2)
 
-    # --------------------------------------------------------------------------- tensors in, features out
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    def _try_openvino(self, backend: str, ov_device: str | None, precision: str) -> None:
+        """Put OpenVINO in front for the fixed-size path when it can run; else say why torch runs it."""
+        from engine.runtime.openvino_backend import OpenVinoRuntime
 
+        ov_precision = ("fp16" if precision == "auto" else precision) if ov_device else self.precision
+        reason = None if (backend == "openvino" or ov_device) else auto_reason(self.device, self.precision)
+        if reason is None:
+            try:
+                self.runtime = OpenVinoRuntime(self.model, ov_precision, device=ov_device or "CPU")
+                self.precision = ov_precision
+                self.backend_reason = f"OpenVINO {ov_precision} on {ov_device or 'CPU'}"
+                log.info("backend: %s (compiled-model cache: %s)", self.backend_reason, self.runtime.cache_status)
+                return
+            except BackendUnavailable as e:
+                if backend == "openvino" or ov_device:
+                    raise
+                reason = f"{e}; torch runs the model"
+                log.warning("backend: %s", reason)
+        else:
+            log.info("backend: %s", reason)
+        self.backend_reason = reason
+
+    # --------------------------------------------------------------------------- tensors in, features out
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
+        """Normed CLS and patch tokens; the fixed-size backend takes its size, torch every other one."""
+        size = self.runtime.input_size
+        if size is None or tuple(x.shape[-2:]) != (size, size):
+            return self.torch_runtime.run(x)
         if self.chunk and len(x) > self.chunk:
-            parts = [self.forward(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
+            parts = [self.runtime.run(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
             return {k: torch.cat([p[k] for p in parts]) for k in ("x_norm_clstoken", "x_norm_patchtokens")}
-        with self._autocast():
-            out = self.model.forward_features(x)
-        return out
+        return self.runtime.run(x)
 
     def embed_tensor(self, x: torch.Tensor) -> Batch:
         """(B,3,H,W) normalised images -> L2-normalised CLS (and patch tokens when configured)."""

@@ -16,6 +16,9 @@ def dinoscope_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     home = tmp_path_factory.mktemp("dinoscope_home")
     monkeypatch.setenv("DINOSCOPE_HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    # Extractors run on torch unless a test asks for OpenVINO (tests/test_runtime*.py): converting every tiny
+    # model to OpenVINO would cost seconds per test.
+    monkeypatch.setenv("DINOSCOPE_BACKEND", "torch")
     return home
 
 

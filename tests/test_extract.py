@@ -93,8 +93,17 @@ def test_cancel_stops_the_run(photo_files: list[Path]) -> None:
         list(ex.iter_files(photo_files, cancel=lambda: next(calls)))
 
 
-def test_auto_precision_is_a_supported_one() -> None:
-    ex = Extractor(tiny_backbone(), device="cpu")
-    assert ex.precision in {"fp32", "bf16"}
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it() -> None:
+    """This CPU's flags decide: bf16 with AVX512-BF16 or AMX-BF16 (the build machine has avx512_bf16), else fp32."""
+    fast = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    ex = Extractor(tiny_backbone(), device="cpu", backend="torch")
+    assert (ex.precision, ex.dtype) == (("bf16", torch.bfloat16) if fast else ("fp32", torch.float32))
     with pytest.raises(ValueError, match="unknown precision"):
         Extractor(tiny_backbone(), device="cpu", precision="fp8")

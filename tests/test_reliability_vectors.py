@@ -15,7 +15,7 @@ from PIL import Image
 
 from engine.search import search_by_vectors
 from engine.store import Library, index_library
-from engine.store.vectors import file_paths
+from engine.store.vectors import file_paths, library_vectors, vector_index
 from tests.test_indexer import load_small_photos, model, write_photos
 
 
@@ -39,7 +39,7 @@ def assert_every_photo_finds_itself(lib: Library, model_id: int) -> None:
     for image_id, vector in stored.items():
         top = search_by_vectors(lib, model_id, vector[None, :], k=1)[0]
         assert top.image_id == image_id and top.score == pytest.approx(1.0, abs=1e-4)
-    ids, vectors = lib.vectors(model_id)
+    ids, vectors = library_vectors(lib, model_id)
     assert np.array_equal(vectors, np.stack([stored[int(i)] for i in ids]))
 
 
@@ -73,11 +73,11 @@ def test_another_librarys_vector_files_are_rebuilt(tmp_path: Path, small_photos)
     shutil.rmtree(a_root / "vectors")
     shutil.copytree(b_root / "vectors", a_root / "vectors")  # B's files, same model, same ids and revision
     with Library.open("A") as a:
-        index = a.vector_index(ra.model_id)
+        index = vector_index(a, ra.model_id)
         assert index.rebuilt is not None and "library_id" in index.rebuilt
         assert_every_photo_finds_itself(a, ra.model_id)
     with Library.open("A") as a:  # the rebuilt files are A's now and are used as they are
-        assert a.vector_index(ra.model_id).rebuilt is None
+        assert vector_index(a, ra.model_id).rebuilt is None
 
 
 def test_temp_files_of_a_killed_vector_write_are_removed_at_the_next_use(tmp_path: Path, small_photos) -> None:
@@ -93,6 +93,6 @@ def test_temp_files_of_a_killed_vector_write_are_removed_at_the_next_use(tmp_pat
     running = vectors_dir / f".model_{report.model_id}.faiss.1.tmp"  # pid 1 runs: a writer still at work
     running.write_bytes(b"\0" * 10)
     with Library.open("A") as lib:
-        assert lib.vector_index(report.model_id).rebuilt is None  # the index itself is current
+        assert vector_index(lib, report.model_id).rebuilt is None  # the index itself is current
     assert not left.exists()
     assert running.exists()

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import sqlite3
 import sys
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:1, mps, or an OpenVINO device (GPU, GPU.1, NPU: Intel GPUs and NPUs)"
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """--backend, as embed, index and search take it (engine.extract.Extractor's `backend`)."""
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
+                        help="inference runtime (auto: OpenVINO on x86 CPUs when it converts the model, torch "
+                             "otherwise; the DINOSCOPE_BACKEND environment variable replaces auto)")
 
 
 def open_existing(name: str):
@@ -17,11 +27,17 @@ def open_existing(name: str):
         return None
 
 
-def open_with_model(name: str, model_source: str | None):
+def open_with_model(name: str, model_source: str | None, backend: str = "auto"):
     """(library, model record) for a command, or None after saying why (no library, no vectors, unknown model).
 
-    model_source None means the library's most recent model.
+    model_source None means the library's most recent model. `backend` is only checked here (an unknown name is
+    refused before the library is opened); pass it on to `Extractor(..., backend=backend)` with the model.
     """
+    from engine.runtime import BACKENDS
+
+    if backend not in BACKENDS:
+        print(f"error: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", file=sys.stderr)
+        return None
     from engine.search import library_model
     from engine.store import StoreError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.commands._library import DEVICE_HELP, add_backend_argument
 from app.display import shown
 from app.progress import ProgressBar
 
@@ -21,11 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, type=Path,
                    help="output .npy (CLS vectors); with --patch an .npz holding cls, patch tokens and paths")
     e.add_argument("--batch", type=int, default=None, help="images per forward pass (default 8 on CPU, 64 on GPU)")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="inference precision (auto: bf16 where the hardware is fast at it)")
     e.add_argument("--patch", action="store_true", help="also save the 16x16 patch tokens of each image")
     e.add_argument("--workers", type=int, default=None, help="decoding threads")
+    add_backend_argument(e)
 
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -74,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
         bar = ProgressBar(f"loading {args.model}", unit="B")
         model = load_backbone(args.model, progress=bar)
         extractor = Extractor(model, device=args.device, precision=args.dtype, batch_size=args.batch,
-                              workers=args.workers, patch_tokens=args.patch)
+                              workers=args.workers, patch_tokens=args.patch, backend=args.backend)
     except (CheckpointError, DownloadError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model {args.model}: {model.embed_dim}-d, {extractor.device.type} {extractor.precision}, "
+    print(f"model {args.model}: {model.embed_dim}-d, {extractor.backend} {extractor.precision}, "
           f"{len(paths)} images", file=sys.stderr)
 
     bar = ProgressBar("embedding")

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 
+from app.commands._library import DEVICE_HELP, add_backend_argument
 from app.display import shown
 from app.progress import ProgressBar
 
@@ -27,10 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="dinov2_vits14",
                    help="zoo name, .pth/.safetensors file, Hugging Face folder or Dinoscope checkpoint")
     p.add_argument("--batch", type=int, default=None, help="images per forward pass (default 8 on CPU, 64 on GPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="inference precision (auto: bf16 where the hardware is fast at it)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    add_backend_argument(p)
     p.add_argument("--errors", action="store_true", help="list the files that could not be read, and why")
     p.add_argument("--check", action="store_true",
                    help="check every page of the library database (SQLite integrity_check) and exit")
@@ -179,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
                     lib, model, folders=args.paths or None, batch_size=args.batch, device=args.device,
                     precision=args.dtype, progress=progress, cancel=lambda: interrupt.requested,
                     commit_every=args.commit_every, workers=args.workers, model_name=args.model,
+                    backend=args.backend,
                 )
         except LibraryBusyError as e:
             print(f"error: {e}", file=sys.stderr)

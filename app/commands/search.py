@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from app.commands._library import DEVICE_HELP, add_backend_argument
 from app.progress import ProgressBar
 
 
@@ -28,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "most recent model)")
     p.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
                    help="search by this box of the (single) query image, in its pixels")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (for embedding the queries)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (for embedding the queries)")
+    add_backend_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of {rank, score, path, image_id, box}")
     p.add_argument("--text", default=None, metavar="WORDS",
                    help="search by words with dino.txt (combines with IMAGEs: the mean of the normalised queries); "
@@ -48,7 +50,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def load_model(record, source: str | None, device: str):
+def load_model(record, source: str | None, device: str, backend: str = "auto"):
     """The backbone the library was indexed with, checked by its weights hash; an Extractor around it."""
     from engine.extract import Extractor
     from engine.models import load_backbone
@@ -60,7 +62,7 @@ def load_model(record, source: str | None, device: str):
     if model_hash(model) != record.checkpoint_hash:
         raise ValueError(f"the weights of {given} are not the ones library vectors of model '{record.name}' were "
                          "computed with (the file changed?); index the library again with it")
-    return Extractor(model, device=device)
+    return Extractor(model, device=device, backend=backend)
 
 
 def _print(results, as_json: bool) -> None:
@@ -111,13 +113,14 @@ def run(args: argparse.Namespace) -> int:
             return 2
         region = Region(args.images[0], box)
     files, skipped = expand_inputs(args.images) if region is None else ([], [])
-    opened = open_with_model(args.library, args.model)
+    opened = open_with_model(args.library, args.model, args.backend)
     if opened is None:
         return 2
     lib, record = opened
     with lib:
         try:
-            outcome = run_query(lib, lambda: load_model(record, args.model, args.device), files, region=region,
+            outcome = run_query(lib, lambda: load_model(record, args.model, args.device, args.backend), files,
+                                region=region,
                                 k=args.k, model_id=record.id)
         except (StoreError, ValueError, RuntimeError) as e:  # bad arguments; a bad checkpoint or failed download
             print(f"error: {e}", file=sys.stderr)

@@ -89,7 +89,8 @@ class ModelService(QObject):
                 model = load_backbone(self.source, progress=progress)
                 ex = Extractor(model, device=self.device_name)
                 self._extractor, self._extractor_source = ex, self.source
-                self.device_text = f"{dev.describe(ex.device)} {ex.precision}"
+                runtime = " · OpenVINO" if getattr(ex, "backend", "torch") == "openvino" else ""
+                self.device_text = f"{dev.describe(ex.device)} {ex.precision}{runtime}"
                 self.loaded.emit(self.source, self.device_text)
         if patch_tokens and not ex.patch_tokens:
             ex.patch_tokens = True

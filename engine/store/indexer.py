@@ -354,6 +354,7 @@ def index_library(
     commit_every: int = 256,
     workers: int | None = None,
     model_name: str | None = None,
+    backend: str = "auto",
 ) -> IndexReport:
     """Bring the library up to date with its folders (or add `folders` first and index only those) for one model.
 
@@ -373,7 +374,7 @@ def index_library(
         backbone, source = _load_model(model_source_or_model)
         digest = model_hash(backbone)
         extractor = Extractor(backbone, device=device, precision=precision, batch_size=batch_size,
-                              workers=workers, patch_tokens=True)
+                              workers=workers, patch_tokens=True, backend=backend)
         if folders is not None:
             roots = []
             for f in folders:

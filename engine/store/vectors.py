@@ -74,7 +74,8 @@ class Snapshot:
 
 def owner(cur, model_id: int) -> dict[str, str | None]:
     """The library id and the weights hash a derived file must carry to be this library's and this model's (for any
-    file built from the database: vectors here, region indexes in engine.store.region_index). `cur` is a DB-API cursor."""
+    file built from the database: vectors here, region indexes in engine.store.region_index). `cur`: a DB-API
+    cursor."""
     row = cur.execute("SELECT value FROM meta WHERE key = 'library_id'").fetchone()
     weights = cur.execute("SELECT checkpoint_hash FROM models WHERE id = ?", (model_id,)).fetchone()
     return {"library_id": row[0] if row else None, "checkpoint_hash": weights[0] if weights else None}

@@ -1,0 +1,93 @@
+"""The compiled OpenVINO model on disk, so that the second start costs no conversion and no compilation.
+
+One file per (weights, input size, precision, device) under the data folder's cache, named from those; its header
+records the OpenVINO version and a SHA-256 of the blob. A file that is truncated, corrupt, unreadable or made by
+another OpenVINO version is never handed to OpenVINO: `load` says why in one line and the caller rebuilds it.
+Files are written atomically (temp file, fsync, rename), so a crash leaves the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.atomic import atomic_write
+
+MAGIC = b"DINOSCOPE-OV1\n"
+_LEN = struct.Struct("<I")
+
+
+class CacheInvalid(ValueError):
+    """The cache file cannot be used; the message says why (for the one logged line)."""
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    weights: str  # hash of the folded backbone's weights
+    input_size: int
+    precision: str  # OpenVINO inference precision: "f32" or "bf16"
+    device: str  # OpenVINO device, with its full name (a blob is compiled for one CPU/GPU)
+    ov_version: str
+
+    def filename(self) -> str:
+        """Everything but the OpenVINO version: a newer OpenVINO finds the old file and replaces it."""
+        dev = hashlib.blake2b(self.device.encode(), digest_size=4).hexdigest()
+        return f"{self.weights[:24]}-{self.input_size}px-{self.precision}-{dev}.ovblob"
+
+    def header(self, payload: bytes) -> dict:
+        return {"weights": self.weights, "input_size": self.input_size, "precision": self.precision,
+                "device": self.device, "openvino": self.ov_version, "bytes": len(payload),
+                "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def cache_folder() -> Path:
+    from engine.data_home import cache_dir
+
+    return cache_dir() / "openvino"
+
+
+def load(path: Path, key: CacheKey) -> bytes | None:
+    """The compiled blob stored for `key`, None when there is no file, CacheInvalid when it cannot be used."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CacheInvalid(f"unreadable ({e})") from e
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LEN.size:
+        raise CacheInvalid("not a Dinoscope compiled-model file (or truncated)")
+    start = len(MAGIC) + _LEN.size
+    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
+    try:
+        header = json.loads(data[start : start + hlen].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CacheInvalid(f"corrupt header ({e})") from e
+    if header.get("openvino") != key.ov_version:
+        raise CacheInvalid(f"made by OpenVINO {header.get('openvino')}, this is {key.ov_version}")
+    expected = key.header(b"")
+    for field in ("weights", "input_size", "precision", "device"):
+        if header.get(field) != expected[field]:
+            raise CacheInvalid(f"made for another {field.replace('_', ' ')} ({header.get(field)})")
+    payload = data[start + hlen :]
+    if len(payload) != header.get("bytes"):
+        raise CacheInvalid(f"truncated ({len(payload)} of {header.get('bytes')} bytes)")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise CacheInvalid("corrupt (checksum mismatch)")
+    return payload
+
+
+def save(path: Path, key: CacheKey, payload: bytes) -> Path:
+    head = json.dumps(key.header(payload)).encode("utf-8")
+
+    def write(f) -> None:
+        f.write(MAGIC)
+        f.write(_LEN.pack(len(head)))
+        f.write(head)
+        f.write(payload)
+
+    return atomic_write(path, write)

@@ -1,0 +1,111 @@
+"""The OpenVINO backend against torch on the sample library's real photos, and `auto`'s choice on this CPU."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.device import cpu_has_fast_bf16
+from engine.extract import Extractor, eval_input
+from engine.runtime import BackendUnavailable
+from tests.helpers import tiny_backbone
+
+pytest.importorskip("openvino")
+
+SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample"
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    files = sorted(SAMPLE.rglob("*.jpg"))[:8]
+    assert len(files) == 8
+    return torch.stack([eval_input(p) for p in files])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    b = b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_openvino_matches_torch_fp32_on_real_photos(photos: torch.Tensor, registers: int) -> None:
+    model = tiny_backbone(registers=registers, seed=5)
+    ref = Extractor(model, device="cpu", precision="fp32", backend="torch", patch_tokens=True).embed_tensor(photos)
+    for precision, floor in (("fp32", 0.9999), ("bf16", 0.999)):
+        ex = Extractor(model, device="cpu", precision=precision, backend="openvino", patch_tokens=True)
+        assert ex.backend == "openvino" and ex.precision == precision
+        got = ex.embed_tensor(photos)
+        assert cosine(got.cls, ref.cls).min() >= floor, precision
+        # patch tokens (what the indexer pools into region vectors) are the same tokens, in the same order
+        assert got.patch.shape == ref.patch.shape == (8, 256, 128)
+        assert cosine(got.patch, ref.patch).mean() >= floor, precision
+
+
+def test_a_batch_larger_than_the_chunk_and_a_single_image(photos: torch.Tensor) -> None:
+    model = tiny_backbone(seed=5)
+    ex = Extractor(model, device="cpu", precision="fp32", backend="openvino")
+    ref = Extractor(model, device="cpu", precision="fp32", backend="torch")
+    big = torch.cat([photos, photos.flip(-1)])  # 16 images: two chunks of 8
+    assert cosine(ex.embed_tensor(big).cls, ref.embed_tensor(big).cls).min() >= 0.9999
+    assert cosine(ex.embed_tensor(photos[:1]).cls, ref.embed_tensor(photos[:1]).cls).min() >= 0.9999
+
+
+def test_other_input_sizes_run_on_torch(photos: torch.Tensor) -> None:
+    """Dense overlays use aspect-preserving sizes: those go to torch, with the same numbers as a torch extractor."""
+    model = tiny_backbone(seed=5)
+    ex = Extractor(model, device="cpu", precision="fp32", backend="openvino")
+    wide = torch.nn.functional.interpolate(photos[:2], size=(224, 322), mode="bilinear")
+    out = ex.forward(wide)
+    assert out["x_norm_patchtokens"].shape == (2, 16 * 23, 128)
+    ref = Extractor(model, device="cpu", precision="fp32", backend="torch").forward(wide)
+    assert torch.allclose(out["x_norm_clstoken"], ref["x_norm_clstoken"], atol=1e-5)
+
+
+def test_auto_takes_openvino_at_the_cpus_precision(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.delenv("DINOSCOPE_BACKEND", raising=False)
+    with caplog.at_level(logging.INFO, logger="dinoscope.runtime"):
+        ex = Extractor(tiny_backbone(seed=6), device="cpu")
+    assert ex.backend == "openvino"
+    assert ex.precision == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert "OpenVINO" in ex.backend_reason
+
+
+def test_environment_variable_replaces_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DINOSCOPE_BACKEND", "torch")
+    assert Extractor(tiny_backbone(seed=6), device="cpu").backend == "torch"
+    monkeypatch.setenv("DINOSCOPE_BACKEND", "tensorrt")
+    with pytest.raises(ValueError, match="DINOSCOPE_BACKEND"):
+        Extractor(tiny_backbone(seed=6), device="cpu")
+
+
+def test_int8_and_fp16_stay_on_torch_with_one_line(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.delenv("DINOSCOPE_BACKEND", raising=False)
+    with caplog.at_level(logging.INFO, logger="dinoscope.runtime"):
+        ex = Extractor(tiny_backbone(seed=6), device="cpu", precision="int8")
+    assert ex.backend == "torch" and ex.precision == "int8"
+    lines = [r.getMessage() for r in caplog.records if r.name == "dinoscope.runtime"]
+    assert len(lines) == 1 and "int8" in lines[0]
+
+
+def test_bad_backend_and_openvino_device_names_are_refused() -> None:
+    model = tiny_backbone(seed=6)
+    with pytest.raises(ValueError, match="unknown backend"):
+        Extractor(model, backend="tensorrt")
+    with pytest.raises(ValueError, match="OpenVINO device"):
+        Extractor(model, device="GPU", backend="torch")
+    # This machine has no Intel GPU or NPU: asking for one says what OpenVINO does see.
+    with pytest.raises(BackendUnavailable, match=r"no NPU device.*CPU"):
+        Extractor(model, device="NPU")
+
+
+def test_library_commands_refuse_an_unknown_backend_before_opening_the_library(capsys, dinoscope_home) -> None:
+    from app.commands._library import open_with_model
+
+    assert open_with_model("nowhere", None, backend="onnx") is None
+    err = capsys.readouterr().err
+    assert "unknown backend 'onnx'" in err and "nowhere" not in err
