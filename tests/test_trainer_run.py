@@ -22,8 +22,9 @@ from engine.progress import Cancelled
 from tests.helpers import tiny_config
 from trainer.config import TrainConfig, apply_overrides, preset
 from trainer.data import IterationBatches
-from trainer.loop import LOSS_NAMES, train
+from trainer.loop import LOSS_NAMES
 from trainer.run_dir import EventLog, Run
+from trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "camera.png",

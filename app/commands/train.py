@@ -148,7 +148,7 @@ class _Printer:
 def run(args: argparse.Namespace) -> int:
     from engine.progress import Cancelled
     from engine.store.schema import StoreError
-    from trainer.loop import train
+    from trainer.train import train
 
     bad_input = (ValueError, OSError, RuntimeError, StoreError)
     try:
