@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             seed_vectors = np.concatenate(parts)
         report = curate(lib, model.id, threshold=args.threshold, seed_vectors=seed_vectors,
                         per_seed=args.per_seed, clusters=args.clusters, per_cluster=args.per_cluster,
-                        progress=lambda msg: print(msg, file=sys.stderr))
+                        log=lambda msg: print(msg, file=sys.stderr))
     print(report.table())
     if not report.paths:
         print("error: nothing left to write", file=sys.stderr)
