@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.device import cpu_has_fast_bf16
 from engine.models import load_backbone, save_backbone
 from tests.helpers import tiny_backbone
 from trainer.run_dir import EventLog, Run
@@ -52,7 +53,9 @@ def test_train_then_eval_end_to_end(labelled: Path, tmp_path: Path, dinoscope_ho
     r = run_cli("train", "--preset", "tiny-cpu", "--data", str(labelled), "--out", str(out), "--log-every", "2",
                 "--eval-data", str(labelled), "--set", *FAST, home=dinoscope_home)
     assert r.returncode == 0, r.stderr
-    assert "training (tiny-cpu" in r.stderr and "4 steps on cpu fp32" in r.stderr
+    # tiny-cpu's precision is auto: bf16 autocast on a CPU with AVX512-BF16/AMX (this machine), fp32 elsewhere
+    precision, dtype = ("bfloat16", "bf16") if cpu_has_fast_bf16() else ("fp32", "fp32")
+    assert "training (tiny-cpu" in r.stderr and f"4 steps on cpu {precision}" in r.stderr
     assert "step 2/4 ep 0 loss" in r.stderr and "img/s" in r.stderr and "ETA" in r.stderr
     assert "eval at step 4: k-NN top-1" in r.stderr
     assert "finished 4 steps" in r.stdout and "teacher_backbone.pt" in r.stdout
@@ -61,10 +64,10 @@ def test_train_then_eval_end_to_end(labelled: Path, tmp_path: Path, dinoscope_ho
     assert len(ev) == 1 and ev[0]["step"] == 4 and ev[0]["classes"] == ["astronaut", "cat", "coffee"]
 
     r = run_cli("eval", "--model", str(out / "teacher_backbone.pt"), "--data", str(labelled), "--json",
-                "--dtype", "fp32", home=dinoscope_home)
+                "--dtype", dtype, home=dinoscope_home)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    # the same protocol, precision (the run's fp32) and numbers as the run's own evaluation
+    # the same protocol, precision (the run's) and numbers as the run's own evaluation
     assert result["knn_top1"] == ev[0]["knn_top1"] and result["linear_top1"] == ev[0]["linear_top1"]
     assert result["n_train"] + result["n_val"] == 15
 

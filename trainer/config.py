@@ -100,7 +100,7 @@ class DataCfg:
     # A folder (searched recursively), a .txt file listing image paths one per line (what curation writes), or
     # "library:<name or folder>" for a Dinoscope library's decoded images.
     source: str = ""
-    num_workers: int = 4
+    num_workers: int | None = None  # DataLoader workers; null: chosen from the machine (trainer/distributed.py)
     # JPEGs are decoded at a reduced DCT scale whose shorter side stays >= decode_scale x the global crop size;
     # 2.0 keeps the paper's smallest crops from being upsampled. 0 decodes at full resolution (slower, same crops).
     decode_scale: float = 2.0
@@ -218,7 +218,8 @@ class TrainConfig:
     high_res: HighResCfg = field(default_factory=HighResCfg)
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 elsewhere
+    precision: str = "auto"  # auto: bf16 autocast on a GPU and on CPUs with fast bf16 (AVX512-BF16/AMX), else fp32
+    threads: int | None = None  # CPU intra-op threads; null: the physical cores the data workers leave
     output_dir: str | None = None
     preset: str = "custom"  # the preset this config started from, for the record
 
@@ -302,6 +303,10 @@ class TrainConfig:
         for name in ("momentum", "final_momentum"):
             if not 0.0 <= getattr(self.teacher, name) <= 1.0:
                 errs.append(f"teacher.{name} must be in [0, 1]")
+        if self.data.num_workers is not None and self.data.num_workers < 0:
+            errs.append("data.num_workers must be >= 0 (or null: chosen from the machine)")
+        if self.threads is not None and self.threads < 1:
+            errs.append("threads must be >= 1 (or null: chosen from the machine)")
         if self.precision not in PRECISIONS:
             errs.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if errs:

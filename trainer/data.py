@@ -305,7 +305,10 @@ def make_loader(
                                      drop_last=True)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
-    workers = cfg.data.num_workers
+    from trainer.distributed import data_workers
+
+    device_type = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    workers = data_workers(cfg.data.num_workers, device_type, world_size)
     return DataLoader(
         dataset,
         batch_size=batch,

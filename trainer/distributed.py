@@ -1,5 +1,9 @@
 """The training process and its peers: ranks under torchrun, CPU threads and data workers, stop requests.
 
+By default a run uses the machine's physical cores: on a CPU the data workers (`data.num_workers`, null = chosen
+here) and the compute threads (`threads`, null = the cores the workers leave) together take every physical core;
+`--set data.num_workers=N threads=M` overrides either.
+
 Several GPUs: under `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK set) the process group is initialised (NCCL on CUDA,
 gloo on CPU) and every rank reads its own shard of the data stream; only rank 0 writes files.
 
@@ -21,7 +25,7 @@ import torch.distributed as dist
 
 from engine.progress import CancelFn
 
-__all__ = ["DistInfo", "StopFlag", "configure_cpu_threads", "physical_cores", "setup_distributed"]
+__all__ = ["DistInfo", "StopFlag", "configure_cpu_threads", "data_workers", "physical_cores", "setup_distributed"]
 
 
 @dataclass
@@ -84,21 +88,37 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def configure_cpu_threads(num_workers: int, world_size: int = 1) -> int:
-    """Intra-op threads for CPU training: the cores the data workers (and other ranks) leave, less one for the
-    rest of the machine (the GUI, the desktop) when there are more than two. OMP_NUM_THREADS, when set, wins.
+def data_workers(num_workers: int | None, device_type: str, world_size: int = 1) -> int:
+    """DataLoader workers: `data.num_workers` when set, else chosen from the machine.
 
-    More compute threads than free cores is far worse than fewer: OpenMP threads spin at every barrier while one
-    of them waits for a core. On the 2-core development machine (tiny-cpu, batch 16, bench/train_step.py and the
-    CLI): idle, 2 threads ran 27 img/s against 18 with 1 thread (one data worker either way); busy with other
-    jobs, 2 threads took 4-5 s a step against 0.9-1.4 s with 1. One thread per spare core is the safe choice.
+    On a CPU the workers share the physical cores with the model: one per four cores (at least one where there
+    are two), the rest compute (see `configure_cpu_threads`). On a GPU the cores have nothing else to do: all
+    but one of this rank's CPUs, at most 8.
     """
-    if os.environ.get("OMP_NUM_THREADS"):
+    if num_workers is not None:
+        return num_workers
+    if device_type == "cpu":
+        cores = max(1, physical_cores() // max(1, world_size))
+        return max(1, cores // 4) if cores >= 2 else 0
+    return max(1, min(8, _usable_cpus() // max(1, world_size) - 1))
+
+
+def configure_cpu_threads(num_workers: int, world_size: int = 1, threads: int | None = None) -> int:
+    """Set and return the intra-op threads for CPU training: `threads` when given (the config's `threads`), else
+    OMP_NUM_THREADS when set, else the physical cores the data workers (and other ranks) leave.
+
+    Threads are counted on physical cores: a hyper-thread sibling adds little to matrix products and OpenMP
+    threads spin at every barrier while one of them waits for a core, so more compute threads than free cores is
+    far worse than fewer. On the 2-core development machine (tiny-cpu, batch 16, one data worker): busy with other
+    jobs, 2 threads took 4-5 s a step against 0.9-1.4 s with 1, so there the default is 1 thread + 1 worker.
+    """
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    per_rank = max(1, _usable_cpus() // max(1, world_size))
-    n = max(1, per_rank - num_workers - (1 if per_rank > 2 else 0))
-    torch.set_num_threads(n)
-    return n
+    if threads is None:
+        cores = max(1, physical_cores() // max(1, world_size))
+        threads = max(1, cores - num_workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 class StopFlag:

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from engine.progress import Cancelled, ProgressFn
 from trainer.config import TrainConfig
 from trainer.data import TRAIN_STREAM, ImageFolderDataset, IterationBatches, make_dataset, make_iteration_loader
-from trainer.distributed import DistInfo, StopFlag, configure_cpu_threads
+from trainer.distributed import DistInfo, StopFlag, configure_cpu_threads, data_workers
 from trainer.run_dir import Run
 from trainer.training_state import (
     build_meta,
@@ -132,9 +132,10 @@ class Trainer:
             self.device = torch.device("cuda", ddp.local_rank)
         else:
             self.device = pick_device(cfg.device)
+        self.workers = data_workers(cfg.data.num_workers, self.device.type, ddp.world_size)
         self.threads = None
         if self.device.type == "cpu":
-            self.threads = configure_cpu_threads(cfg.data.num_workers, ddp.world_size)
+            self.threads = configure_cpu_threads(self.workers, ddp.world_size, cfg.threads)
         ckpt, self.ckpt = self.ckpt, None  # released once loaded: a large model's state is big
         if ckpt is not None and ckpt.get("world_size", 1) != ddp.world_size:
             self.note(f"the checkpoint was written by {ckpt.get('world_size', 1)} processes and this run has "
@@ -229,7 +230,7 @@ class Trainer:
             "precision": str(getattr(self.meta, "autocast_dtype", None) or "fp32").replace("torch.", ""),
             "world_size": self.ddp.world_size,
             "threads": self.threads,
-            "workers": self.cfg.data.num_workers,
+            "workers": self.workers,
             "params": {k: sum(p.numel() for p in m.parameters() if p.requires_grad)
                        for k, m in self.meta.student.items()},
         })
@@ -265,13 +266,13 @@ class Trainer:
         if getattr(self.meta, "needs_fit", False):
             # every rank fits on rank 0's stream (and rank 0's prototypes are broadcast anyway)
             fit_loader = make_iteration_loader(IterationBatches(self.images, cfg, 0, 1, stream=TRAIN_STREAM + 1),
-                                               0, cfg.data.num_workers)
+                                               0, self.workers)
             self.meta.fit_prototypes(iter(fit_loader), log=lambda m: self.note(m))
             del fit_loader
             if self._stop_requested_anywhere():  # a collective under DDP: every rank asks
                 return self._interrupt()
         batches = IterationBatches(self.images, cfg, ddp.rank, ddp.world_size)
-        loader = make_iteration_loader(batches, self.step, cfg.data.num_workers,
+        loader = make_iteration_loader(batches, self.step, self.workers,
                                        pin_memory=self.device.type == "cuda")
         data = iter(loader)
         per_step_images = cfg.optim.batch_size_per_device * ddp.world_size
