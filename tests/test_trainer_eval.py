@@ -141,7 +141,6 @@ def test_evaluate_backbone_on_real_photos(labelled):
     assert len(r["unreadable"]) == 1 and r["unreadable"][0].endswith("broken.jpg")
     # Crops of three different photos are told apart; the same crops with labels that do not follow the photo
     # are not (next test).
-    print("EVAL", r["n_val"], r["knn_top1"], r["linear_top1"])
     assert r["knn_top1"] == 1.0 and r["linear_top1"] == 1.0
     assert r["k"] == 20 and r["temperature"] == 0.07 and r["crop"] == 224
     # deterministic, and the model is left as it was
@@ -162,5 +161,4 @@ def test_evaluate_backbone_is_at_chance_when_labels_do_not_follow_the_photos(lab
         (dest / f"{source}-{path.name}").write_bytes(path.read_bytes())
     assert [len(list(d.iterdir())) for d in sorted(shuffled.iterdir())] == [6, 6, 6]
     r = evaluate_backbone(load_backbone(DEMO_MODEL), shuffled, device="cpu", precision="fp32")
-    print("EVAL", r["n_val"], r["knn_top1"], r["linear_top1"])
     assert r["n_val"] == 6 and r["knn_top1"] <= 2 / 6 and r["linear_top1"] <= 2 / 6
