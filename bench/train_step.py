@@ -9,7 +9,8 @@ FLOPs are counted analytically from the batch actually used (matmuls, attention,
 masked-token count comes from the batch): student forward x 3 (forward + backward) plus the teacher's forward.
 On CUDA, torch.utils.flop_counter is run on one step as a cross-check. MFU = FLOPs / step time / dense bf16 peak.
 
-    python bench/train_step.py                                   # CPU: tiny-cpu preset, fp32/bf16 x 1/2 threads
+    python bench/train_step.py                 # CPU: tiny-cpu preset, fp32/bf16 x 1/2 threads and the trainer's
+                                               # CPU default (auto precision, threads from the cores), as a ratio
     python bench/train_step.py --device cuda --batch 128 --model vitb14
     python bench/train_step.py --device cuda --model vits14 vitb14 --batch 64 128
 """
@@ -32,7 +33,8 @@ from bench._common import interleaved_medians, machine, make_photos, save_json, 
 from trainer.augment import MultiCropAugmentation
 from trainer.config import TrainConfig, apply_overrides, preset
 from trainer.data import MultiCropCollator
-from trainer.meta_arch import SSLMetaArch
+from trainer.distributed import configure_cpu_threads, data_workers
+from trainer.meta_arch import SSLMetaArch, autocast_dtype
 from trainer.param_groups import apply_optim_schedule, build_optimizer
 from trainer.schedules import build_schedules
 
@@ -174,6 +176,20 @@ def run_cpu(args: argparse.Namespace, photos: list[Path]) -> dict:
                 batch = real_batch(cfg, photos)
                 for th in args.threads:
                     steps[f"{model} b{b} {prec} {th}t"] = Step(cfg, batch, device, threads=th)
+    # What `train` does on this CPU when nothing is --set: precision auto, threads = the physical cores its data
+    # workers leave (data loading itself is not in the step; its one-thread rate is printed below the table).
+    defaults = {}
+    for model in args.model:
+        for b in args.batch:
+            cfg = config_for(model, b, "auto")
+            workers = data_workers(cfg.data.num_workers, "cpu")
+            before = torch.get_num_threads()
+            threads = configure_cpu_threads(workers, threads=cfg.threads)
+            torch.set_num_threads(before)
+            precision = "bf16" if autocast_dtype(cfg.precision, device) is torch.bfloat16 else "fp32"
+            key = f"{model} b{b} DEFAULT {precision} {threads}t (+{workers} data worker{'s' * (workers != 1)})"
+            steps[key] = Step(cfg, real_batch(cfg, photos), device, threads=threads)
+            defaults[key] = f"{model} b{b} fp32 1t"
     keys = list(steps)
     per_step = {k: (lambda s=steps[k]: sum(s() for _ in range(args.steps))) for k in keys}
     rates = interleaved_medians(per_step, args.seconds, args.trials)
@@ -185,13 +201,16 @@ def run_cpu(args: argparse.Namespace, photos: list[Path]) -> dict:
         rows.append([k, f"{r:.1f}", f"{s.images / r:.2f}", f"{s.flops / 1e9:.0f}", f"{r / base:.2f}x"])
         results.append({"variant": k, "images_per_s": r, "step_time_s": s.images / r,
                         "gflop_per_step": s.flops / 1e9})
+    ratios = {k: rates[k] / rates[ref] for k, ref in defaults.items() if ref in rates}
+    for k, ratio in ratios.items():
+        print(f"{k}: {ratio:.2f}x {defaults[k]}")
     cfg0 = config_for(args.model[0], args.batch[0], "fp32")
     drate = data_rate(cfg0, photos, args.seconds)
     print(table(["variant (model, batch, precision, threads)", "img/s", "s/step", "GFLOP/step", "vs first"], rows))
     print(f"\naugmentation + decode, one thread ({args.model[0]} crops): {drate:.1f} images/s")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (all variants alive): {rss:.0f} MB")
-    return {"results": results, "data_images_per_s": drate, "peak_rss_mb": rss}
+    return {"results": results, "data_images_per_s": drate, "peak_rss_mb": rss, "default_vs_fp32_1t": ratios}
 
 
 def run_cuda(args: argparse.Namespace, photos: list[Path]) -> dict:
@@ -248,7 +267,8 @@ def main() -> None:
                     help="default: tiny-cpu on CPU, vits14 and vitb14 on CUDA")
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="per-device batch (default 16 CPU, 128 GPU)")
     ap.add_argument("--precisions", nargs="+", default=None, help="default fp32 bf16 on CPU, bf16 on CUDA")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU intra-op threads to compare")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="CPU intra-op threads to compare (the first precision at the first count is the baseline)")
     ap.add_argument("--steps", type=int, default=3, help="steps per timed measurement")
     ap.add_argument("--seconds", type=float, default=5.0, help="CPU: minimum seconds per measurement")
     ap.add_argument("--trials", type=int, default=3, help="the median of this many trials is reported")

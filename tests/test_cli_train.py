@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.device import cpu_has_fast_bf16
 from engine.models import load_backbone, save_backbone
 from tests.helpers import tiny_backbone
 from trainer.run_dir import EventLog, Run
@@ -50,7 +53,9 @@ def test_train_then_eval_end_to_end(labelled: Path, tmp_path: Path, dinoscope_ho
     r = run_cli("train", "--preset", "tiny-cpu", "--data", str(labelled), "--out", str(out), "--log-every", "2",
                 "--eval-data", str(labelled), "--set", *FAST, home=dinoscope_home)
     assert r.returncode == 0, r.stderr
-    assert "training (tiny-cpu" in r.stderr and "4 steps on cpu fp32" in r.stderr
+    # tiny-cpu's precision is auto: bf16 autocast on a CPU with AVX512-BF16/AMX (this machine), fp32 elsewhere
+    precision, dtype = ("bfloat16", "bf16") if cpu_has_fast_bf16() else ("fp32", "fp32")
+    assert "training (tiny-cpu" in r.stderr and f"4 steps on cpu {precision}" in r.stderr
     assert "step 2/4 ep 0 loss" in r.stderr and "img/s" in r.stderr and "ETA" in r.stderr
     assert "eval at step 4: k-NN top-1" in r.stderr
     assert "finished 4 steps" in r.stdout and "teacher_backbone.pt" in r.stdout
@@ -59,10 +64,10 @@ def test_train_then_eval_end_to_end(labelled: Path, tmp_path: Path, dinoscope_ho
     assert len(ev) == 1 and ev[0]["step"] == 4 and ev[0]["classes"] == ["astronaut", "cat", "coffee"]
 
     r = run_cli("eval", "--model", str(out / "teacher_backbone.pt"), "--data", str(labelled), "--json",
-                "--dtype", "fp32", home=dinoscope_home)
+                "--dtype", dtype, home=dinoscope_home)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    # the same protocol, precision (the run's fp32) and numbers as the run's own evaluation
+    # the same protocol, precision (the run's) and numbers as the run's own evaluation
     assert result["knn_top1"] == ev[0]["knn_top1"] and result["linear_top1"] == ev[0]["linear_top1"]
     assert result["n_train"] + result["n_val"] == 15
 
@@ -131,6 +136,57 @@ def test_resume_refuses_to_change_the_run(labelled: Path, tmp_path: Path, capsys
     assert [s for s, _ in Run(out).checkpoints()] == [1, 2]
     assert cli("train", *new) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_not_replaced_without_overwrite(labelled: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    new = ["train", "--preset", "tiny-cpu", "--data", str(labelled), "--out", str(out), "--set", *FAST]
+    assert cli(*new) == 0
+    capsys.readouterr()
+    shutil.rmtree(out / "checkpoints")  # a user frees space, keeping the trained model and its log
+    kept = {name: (out / name).read_bytes() for name in ("teacher_backbone.pt", "config.yaml", "events.jsonl")}
+
+    assert cli(*new) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err and "--resume" in err and "teacher_backbone.pt" in err
+    assert {name: (out / name).read_bytes() for name in kept} == kept  # nothing touched
+    assert cli(*new[:-len(FAST) - 1], "--resume") == 2  # and nothing to resume from
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+
+    (out / "notes.txt").write_text("mine")
+    assert cli(*new, "--stop-at", "1", "--overwrite") == 0
+    events = EventLog(out / "events.jsonl").read()
+    assert events[0]["event"] == "start" and events[-1]["status"] == "stopped"
+    assert [s for s, _ in Run(out).checkpoints()] == [1]
+    assert (out / "teacher_backbone.pt").read_bytes() != kept["teacher_backbone.pt"]
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    with pytest.raises(SystemExit) as exit_info:  # the two contradict each other: argparse says so, exit 2
+        cli(*new, "--overwrite", "--resume")
+    assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_temp_files_of_killed_writes_go_at_the_next_start(labelled: Path, tmp_path: Path, capsys):
+    """A kill during a checkpoint write leaves engine.atomic's temp file; resuming the run removes it."""
+    out = tmp_path / "run"
+    new = ["train", "--preset", "tiny-cpu", "--data", str(labelled), "--out", str(out), "--set", *FAST]
+    assert cli(*new, "--stop-at", "1") == 0
+    leftovers = []
+    for folder, name in ((out / "checkpoints", "step_2.pt"), (out / "checkpoints", "last.pt"),
+                         (out, "teacher_backbone.pt"), (out, "config.yaml")):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)  # as engine.atomic names them
+        os.write(fd, b"\0" * 100_000)
+        os.close(fd)
+        leftovers.append(Path(tmp))
+    others = [out / "checkpoints" / ".notes.txt.abc.tmp", out / "mine.tmp", out / ".photo.jpg.x1.tmp"]
+    for p in others:
+        p.write_text("not the trainer's")
+    capsys.readouterr()
+    assert cli(*new, "--resume", "--stop-at", "2") == 0
+    assert not [p for p in leftovers if p.exists()]
+    assert all(p.exists() for p in others)
+    assert "removed 4 temp file(s) of unfinished writes" in capsys.readouterr().err
+    assert [s for s, _ in Run(out).checkpoints()] == [1, 2]
 
 
 def test_train_on_a_library_or_a_file_list(labelled: Path, tmp_path: Path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.models import ARCHS
 from trainer.config import PRESETS, ConfigError, TrainConfig, apply_overrides, preset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_papers():
@@ -138,3 +142,52 @@ def test_backbone_config_and_high_res_phase():
     assert hr.optim.base_lr == pytest.approx(c.optim.base_lr * 0.1)
     # warm-ups keep their share of the (compressed) run
     assert hr.optim.epochs_to_iters(hr.optim.warmup_epochs) == 1000
+
+
+def test_presets_are_the_yaml_files_beside_the_config_module(tmp_path, monkeypatch):
+    import trainer.config as config
+
+    shipped = sorted(p.stem for p in (ROOT / "trainer" / "presets").glob("*.yaml"))
+    assert list(config.preset_names()) == shipped and set(PRESETS) == set(shipped)
+    # A preset is read from its file: the defaults plus that file's keys (here a copy with one key changed).
+    own = tmp_path / "presets"
+    own.mkdir()
+    for name in shipped:
+        (own / f"{name}.yaml").write_text((config.PRESET_DIR / f"{name}.yaml").read_text())
+    (own / "tiny-cpu.yaml").write_text((own / "tiny-cpu.yaml").read_text().replace("depth: 6", "depth: 4"))
+    (own / "mine.yaml").write_text("optim:\n  base_lrr: 0.1\n")
+    monkeypatch.setattr(config, "PRESET_DIR", own)
+    assert config.preset("tiny-cpu").model.depth == 4 and config.preset("tiny-cpu").model.embed_dim == 192
+    with pytest.raises(ConfigError, match=r"(?s)mine\.yaml.*unknown config key 'optim\.base_lrr'"):
+        config.preset("mine")
+
+
+def test_the_wheel_ships_the_presets(tmp_path):
+    """pyproject.toml's package data: a wheel built from the trainer package holds every preset YAML."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "trainer", src / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"trainer/presets/{p.name}" for p in (ROOT / "trainer" / "presets").glob("*.yaml")}
+    assert len(shipped) == 5 and shipped <= names
+
+
+def test_the_bundle_spec_ships_the_presets():
+    """pyinstaller.spec puts every preset where trainer/config.py looks: trainer/presets/ inside the bundle."""
+    source = (ROOT / "pyinstaller.spec").read_text()
+    start = source.index("# The training presets")
+    line = source[start:].splitlines()[1]
+    scope = {"ROOT": ROOT, "datas": []}
+    exec(line, scope)
+    found = {(Path(src).name, dest) for src, dest in scope["datas"]}
+    assert found == {(p.name, "trainer/presets") for p in (ROOT / "trainer" / "presets").glob("*.yaml")}

@@ -94,3 +94,49 @@ def test_centring_equals_single_process_on_the_concatenated_batch(ranks):
     torch.testing.assert_close(
         torch.cat([r["probs"] for r in ranks]), softmax_center(x["cls"], center, 0.1), atol=1e-6, rtol=1e-5
     )
+
+
+def test_threads_and_workers_take_the_physical_cores(monkeypatch):
+    """Defaults from the machine: workers + compute threads = physical cores on a CPU; config values win."""
+    import trainer.distributed as td
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        for cores, workers, threads in ((1, 0, 1), (2, 1, 1), (4, 1, 3), (8, 2, 6), (16, 4, 12)):
+            monkeypatch.setattr(td, "physical_cores", lambda c=cores: c)
+            assert td.data_workers(None, "cpu") == workers
+            assert td.configure_cpu_threads(workers) == threads == torch.get_num_threads()
+        monkeypatch.setattr(td, "physical_cores", lambda: 16)
+        assert td.data_workers(None, "cpu", world_size=2) == 2  # each of two ranks gets 8 cores
+        assert td.configure_cpu_threads(2, world_size=2) == 6
+        assert td.data_workers(3, "cpu") == 3 and td.configure_cpu_threads(3, threads=5) == 5  # --set wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        assert td.configure_cpu_threads(1) == 2  # the environment wins over the default, not over --set
+        assert td.configure_cpu_threads(1, threads=3) == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_physical_cores_counts_hyperthread_siblings_once(monkeypatch, tmp_path):
+    import builtins
+
+    import trainer.distributed as td
+
+    # four logical CPUs, two per core (core ids 0, 0, 1, 1), as Linux's sysfs topology describes them
+    topo = {cpu: core for cpu, core in enumerate([0, 0, 1, 1])}
+    real_open = builtins.open
+
+    def fake_open(path, *a, **kw):
+        path = str(path)
+        if path.startswith("/sys/devices/system/cpu/cpu"):
+            cpu = int(path.split("/cpu")[-1].split("/")[0])
+            f = tmp_path / f"{cpu}-{path.rsplit('/', 1)[-1]}"
+            f.write_text(f"{topo[cpu] if path.endswith('core_id') else 0}\n")
+            return real_open(f, *a, **kw)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(td.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert td.physical_cores() == 2

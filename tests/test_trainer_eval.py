@@ -3,12 +3,14 @@ their splits, and `evaluate_backbone` end to end on real photos."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import tiny_backbone
+from engine.models import load_backbone
 from trainer.evaluate import (
     evaluate_backbone,
     knn_predict,
@@ -18,6 +20,8 @@ from trainer.evaluate import (
     linear_probe,
     stratified_split,
 )
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "dinoscope-tiny-demo.pth"
 
 
 def _reference_knn(train, labels, query, n_classes, k, t):
@@ -129,16 +133,32 @@ def test_labelled_folder_and_splits(labelled, tmp_path):
 
 
 def test_evaluate_backbone_on_real_photos(labelled):
-    model = tiny_backbone(img_size=224, seed=0)
+    model = load_backbone(DEMO_MODEL)  # trained weights (the app's bundled demo model): features that mean something
     before = {k: v.clone() for k, v in model.state_dict().items()}
     r = evaluate_backbone(model, labelled, device="cpu", precision="fp32")
     assert r["classes"] == ["astronaut", "cat", "coffee"] and r["split"] == "stratified"
     assert r["n_train"] + r["n_val"] == 18  # the broken file is left out of both splits
     assert len(r["unreadable"]) == 1 and r["unreadable"][0].endswith("broken.jpg")
-    assert 0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["linear_top1"] <= 1.0
+    # Crops of three different photos are told apart; the same crops with labels that do not follow the photo
+    # are not (next test).
+    assert r["knn_top1"] == 1.0 and r["linear_top1"] == 1.0
     assert r["k"] == 20 and r["temperature"] == 0.07 and r["crop"] == 224
     # deterministic, and the model is left as it was
     assert evaluate_backbone(model, labelled, device="cpu", precision="fp32") == r
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="multiple of the patch size"):
         evaluate_backbone(model, labelled, device="cpu", crop=100)
+
+
+def test_evaluate_backbone_is_at_chance_when_labels_do_not_follow_the_photos(labelled, tmp_path):
+    """The same 18 crops, relabelled so that every class holds two crops of each photo: no features can help."""
+    shuffled = tmp_path / "shuffled"
+    paths, labels, _ = labelled_folder(labelled)
+    readable = [(p, c) for p, c in zip(paths, labels, strict=True) if p.name != "broken.jpg"]
+    for i, (path, source) in enumerate(readable):
+        dest = shuffled / f"class{(i + source) % 3}"
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / f"{source}-{path.name}").write_bytes(path.read_bytes())
+    assert [len(list(d.iterdir())) for d in sorted(shuffled.iterdir())] == [6, 6, 6]
+    r = evaluate_backbone(load_backbone(DEMO_MODEL), shuffled, device="cpu", precision="fp32")
+    assert r["n_val"] == 6 and r["knn_top1"] <= 2 / 6 and r["linear_top1"] <= 2 / 6

@@ -19,8 +19,8 @@ from PIL import Image, ImageEnhance
 from engine.models import load_backbone
 from trainer.config import apply_overrides, preset
 from trainer.evaluate import evaluate_backbone
-from trainer.loop import train
 from trainer.meta_arch import SSLMetaArch
+from trainer.train import train
 
 CLASSES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "cat": "chelsea.png", "rocket": "rocket.jpg"}
 STEPS = 100

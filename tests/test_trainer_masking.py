@@ -29,23 +29,31 @@ def test_generator_edge_cases():
     gen = MaskingGenerator((4, 6), rng=random.Random(1))
     assert gen.shape == (4, 6) and gen.num_patches == 24 and gen.max_num_patches == 12
     assert not gen(0).any()
-    # one rectangle covers at most max_num_patches, and sides stay below the grid's
+    # asked for 12 of 24 cells: never more, always some, mostly all 12; sides stay below the grid's
+    counts = []
     for _ in range(50):
         m = gen(12)
-        assert m.sum() <= 12
+        rows, cols = np.nonzero(m)
+        assert 0 < m.sum() <= 12 and rows.max() - rows.min() < 4 and cols.max() - cols.min() < 6
+        counts.append(int(m.sum()))
+    assert counts.count(12) >= 25
 
 
 def test_single_block_is_a_rectangle():
     rng = random.Random(3)
     gen = MaskingGenerator(16, max_num_patches=128, rng=rng)
+    shapes = set()
     for _ in range(100):
         m = np.zeros((16, 16), dtype=bool)
         added = gen._add_block(m, 40)
-        if not added:
-            continue
+        assert added > 0  # on an empty 16x16 grid a block of 4..40 cells always fits within 10 tries
         rows, cols = np.nonzero(m)
         box = m[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all() and added == m.sum() <= 40
+        h, w = box.shape
+        assert 0.3 * 0.5 <= h / w <= (1 / 0.3) * 2  # aspect drawn in [0.3, 1/0.3], then sides rounded
+        shapes.add((h, w))
+    assert len(shapes) >= 10  # random rectangles, not one fixed block
 
 
 def test_collate_masks_counts_and_weights():
@@ -76,6 +84,7 @@ def test_collate_masks_stratifies_the_ratios():
     for _ in range(20):
         out = collate_masks(8, gen, (0.1, 0.5), 0.5, rng=rng)
         counts = sorted(int(c) for c in out["collated_masks"].sum(1) if c > 0)
+        assert len(counts) == 4  # int(0.5 · 8) images masked, every one with at least one patch
         bounds = [0.1, 0.2, 0.3, 0.4, 0.5]
         for i, c in enumerate(counts):
             assert c <= int(256 * bounds[i + 1])  # never above its stratum's top

@@ -241,8 +241,16 @@ def test_weight_norm_layer_equals_torch_weight_norm():
     assert head(torch.randn(2, 16)).shape == (2, 10)
 
 
-def test_from_config_precision_and_bf16_autocast(batch):
+def test_from_config_precision_and_bf16_autocast(batch, monkeypatch):
+    import engine.device
+
+    # auto: bf16 autocast on a GPU and on a CPU with fast bf16 (AVX512-BF16/AMX), fp32 on other CPUs and MPS
+    monkeypatch.setattr(engine.device, "cpu_has_fast_bf16", lambda: True)
+    assert autocast_dtype("auto", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(engine.device, "cpu_has_fast_bf16", lambda: False)
     assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("mps")) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype("fp16", torch.device("cpu")) is torch.float16
     with pytest.raises(ValueError, match="unknown precision"):

@@ -18,10 +18,13 @@ import torch
 from PIL import Image
 
 from engine.models import BackboneConfig, DinoVisionTransformer, load_backbone, save_backbone
+from engine.progress import Cancelled
 from tests.helpers import tiny_config
 from trainer.config import TrainConfig, apply_overrides, preset
-from trainer.loop import LOSS_NAMES, IterationBatches, train
+from trainer.data import IterationBatches
+from trainer.loop import LOSS_NAMES
 from trainer.run_dir import EventLog, Run
+from trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "camera.png",
@@ -135,12 +138,15 @@ def test_resume_gives_identical_losses_with_and_without_workers(photos: Path, tm
     expected = train_losses(tmp_path / "straight")
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
 
-    # Interrupted (stop_event, as SIGTERM does) during step 3, then resumed in a fresh call.
+    # Cancelled (engine.progress's cancel callback, as SIGTERM does) during step 3, then resumed in a fresh call.
     stop = threading.Event()
-    first = train(cfg, tmp_path / "stopped", log_every=1, stop_event=stop,
-                  log=lambda e: stop.set() if e.get("event") == "train" and e["step"] == 2 else None)
-    assert first.status == "interrupted" and first.step == 3  # the step in progress is finished
+    seen: list[tuple[int, int | None]] = []
+    with pytest.raises(Cancelled, match="after step 3 of 6; checkpoint saved"):  # the step in progress finishes
+        train(cfg, tmp_path / "stopped", log_every=1, cancel=stop.is_set, progress=lambda p: seen.append((p.done, p.total)),
+              log=lambda e: stop.set() if e.get("event") == "train" and e["step"] == 2 else None)
+    assert seen == [(1, 6), (2, 6), (3, 6)]
     assert Run(tmp_path / "stopped").checkpoints()[-1][0] == 3
+    assert EventLog(tmp_path / "stopped" / "events.jsonl").read()[-1]["status"] == "interrupted"
     second = train(None, tmp_path / "stopped", resume=True, log_every=1)
     assert second.status == "done" and second.step == 6
     assert train_losses(tmp_path / "stopped") == expected  # exactly equal, every step, every term

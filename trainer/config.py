@@ -1,5 +1,8 @@
 """Training configuration: dataclasses with the DINOv2 defaults, YAML round trips, overrides and presets.
 
+Presets are YAML files in trainer/presets/ (as the official repo keeps configs/train/*.yaml): each holds only
+the keys where it departs from the defaults here, with comments saying why.
+
 Defaults follow the official `ssl_default_config.yaml` and the paper (DINOV2_SPEC.md §4.1) except where the issue
 asks otherwise: Sinkhorn-Knopp centring, an untied iBOT head, local crops of 98 px (a multiple of patch 14) and
 weight decay ending at 0.2 (paper Table 16). A run saves its config beside its checkpoints, so every field here is
@@ -9,18 +12,16 @@ plain data (numbers, strings, bools, pairs) that survives `to_yaml` -> `from_yam
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import os
-import re
-import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.models.config import ARCHS, BackboneConfig, family_interpolation
+from trainer.config_values import ConfigError, coerce, from_plain, to_plain, unknown_key_message
 
 __all__ = [
     "PRESETS",
@@ -37,15 +38,12 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "preset",
+    "preset_names",
 ]
 
 CENTERINGS = ("sinkhorn_knopp", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("sqrt_wrt_1024", "none")
-
-
-class ConfigError(ValueError):
-    """A config value or key that cannot be used; the message names the key and what was expected."""
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -102,7 +100,7 @@ class DataCfg:
     # A folder (searched recursively), a .txt file listing image paths one per line (what curation writes), or
     # "library:<name or folder>" for a Dinoscope library's decoded images.
     source: str = ""
-    num_workers: int = 4
+    num_workers: int | None = None  # DataLoader workers; null: chosen from the machine (trainer/distributed.py)
     # JPEGs are decoded at a reduced DCT scale whose shorter side stays >= decode_scale x the global crop size;
     # 2.0 keeps the paper's smallest crops from being upsampled. 0 decodes at full resolution (slower, same crops).
     decode_scale: float = 2.0
@@ -220,7 +218,8 @@ class TrainConfig:
     high_res: HighResCfg = field(default_factory=HighResCfg)
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 elsewhere
+    precision: str = "auto"  # auto: bf16 autocast on a GPU and on CPUs with fast bf16 (AVX512-BF16/AMX), else fp32
+    threads: int | None = None  # CPU intra-op threads; null: the physical cores the data workers leave
     output_dir: str | None = None
     preset: str = "custom"  # the preset this config started from, for the record
 
@@ -304,6 +303,10 @@ class TrainConfig:
         for name in ("momentum", "final_momentum"):
             if not 0.0 <= getattr(self.teacher, name) <= 1.0:
                 errs.append(f"teacher.{name} must be in [0, 1]")
+        if self.data.num_workers is not None and self.data.num_workers < 0:
+            errs.append("data.num_workers must be >= 0 (or null: chosen from the machine)")
+        if self.threads is not None and self.threads < 1:
+            errs.append("threads must be >= 1 (or null: chosen from the machine)")
         if self.precision not in PRECISIONS:
             errs.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if errs:
@@ -312,12 +315,12 @@ class TrainConfig:
 
     # ---------------------------------------------------------------------------------------- YAML
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from nested dicts; missing keys keep their defaults, unknown keys and wrong types raise."""
-        return _from_plain(cls, data, "").validate()
+        return from_plain(cls, data, "").validate()
 
     def to_yaml(self) -> str:
         import yaml
@@ -374,7 +377,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
             path = ".".join(parts[: depth + 1])
             names = [f.name for f in fields(target)]
             if part not in names:
-                raise ConfigError(_unknown_key_message(path, part, names))
+                raise ConfigError(unknown_key_message(path, part, names))
             if depth < len(parts) - 1:
                 target = getattr(target, part)
                 if not is_dataclass(target):
@@ -387,172 +390,26 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        setattr(target, leaf, _coerce(value, hint, key))
+        setattr(target, leaf, coerce(value, hint, key))
     return out.validate()
 
 
 # ------------------------------------------------------------------------------------------------ presets
-def _vits14_scratch() -> TrainConfig:
-    cfg = TrainConfig(preset="vits14-scratch")
-    # No official ViT-S/14 training config exists (S/B were distilled); DINO/iBOT trained ViT-S/B with 0.1.
-    cfg.model = ModelCfg(arch="vits14", drop_path_rate=0.1)
-    return cfg
+PRESET_DIR = Path(__file__).resolve().with_name("presets")
 
 
-def _vitb14_scratch() -> TrainConfig:
-    cfg = TrainConfig(preset="vitb14-scratch")
-    cfg.model = ModelCfg(arch="vitb14", drop_path_rate=0.1)
-    return cfg
+def preset_names() -> tuple[str, ...]:
+    """The presets shipped in trainer/presets/ (one YAML file each, like the official configs/train/)."""
+    return tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 
 
-def _finetune() -> TrainConfig:
-    """Continue SSL from released weights: both networks start from them, new heads, gentler schedules."""
-    cfg = TrainConfig(preset="finetune")
-    cfg.model = ModelCfg(arch="vits14", pretrained="dinov2_vits14", drop_path_rate=0.1)
-    cfg.optim.epochs = 10
-    cfg.optim.iters_per_epoch = 500
-    cfg.optim.batch_size_per_device = 32
-    cfg.optim.base_lr = 5e-4  # 1/8 of scratch: the backbone already holds good features
-    cfg.optim.warmup_epochs = 1
-    cfg.teacher.warmup_temp_epochs = 2
-    cfg.teacher.momentum = 0.994
-    return cfg
-
-
-def _distill() -> TrainConfig:
-    """Paper Sec. 5: a frozen pretrained teacher, a smaller student, no masking, no stochastic depth."""
-    cfg = TrainConfig(preset="distill")
-    cfg.model = ModelCfg(arch="vits14", drop_path_rate=0.0)
-    cfg.teacher.distill_from = "dinov2_vitb14"
-    cfg.mask.sample_probability = 0.0
-    cfg.optim.base_lr = 1e-3  # paper Table 16, distilled models (batch 2048)
-    return cfg
-
-
-def _tiny_cpu() -> TrainConfig:
-    """A ViT-Ti-sized model at 112/56 px that learns something on 2 CPU cores in minutes.
-
-    112 px globals give 8x8 = 64 patches (a quarter of 224's token count, 1/16 of the attention cost) and 56 px
-    locals give 4x4; 192-d x 6 blocks is about 2.8M backbone parameters. Heads are shrunk the most (512 hidden,
-    1024 prototypes), because at this size a 2048-wide head would cost more than the backbone.
-
-    LayerScale starts at 0.1, not 1e-5: the tiny value is for deep ViTs, and with it every image's CLS token is
-    nearly the same at init, so Sinkhorn-Knopp targets stay uniform (entropy ln K) and the DINO loss carries no
-    signal for the first few hundred iterations, i.e. for the whole of a minutes-long run.
-    """
-    cfg = TrainConfig(preset="tiny-cpu")
-    cfg.model = ModelCfg(arch="custom", embed_dim=192, depth=6, num_heads=3, drop_path_rate=0.0, layerscale=0.1)
-    cfg.data.num_workers = 1
-    cfg.crops = CropsCfg(global_size=112, local_size=56, n_local=4)
-    cfg.head = HeadCfg(n_prototypes=1024, bottleneck_dim=128, hidden_dim=512, ibot_n_prototypes=1024,
-                       ibot_bottleneck_dim=128)
-    cfg.optim.epochs = 10
-    cfg.optim.iters_per_epoch = 100
-    cfg.optim.batch_size_per_device = 16
-    cfg.optim.warmup_epochs = 1
-    cfg.teacher.warmup_temp_epochs = 3
-    cfg.device = "cpu"
-    cfg.precision = "fp32"
-    return cfg
-
-
-PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    "vits14-scratch": _vits14_scratch,
-    "vitb14-scratch": _vitb14_scratch,
-    "finetune": _finetune,
-    "distill": _distill,
-    "tiny-cpu": _tiny_cpu,
-}
+PRESETS: tuple[str, ...] = preset_names()
 
 
 def preset(name: str) -> TrainConfig:
-    """A fresh copy of a named preset."""
-    try:
-        factory = PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
-    return factory().validate()
-
-
-# ------------------------------------------------------------------------------------------------ plumbing
-def _to_plain(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, tuple):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def _from_plain(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(_unknown_key_message(path, str(key), names))
-        hint = hints[key]
-        if is_dataclass(hint):
-            kwargs[key] = _from_plain(hint, value if value is not None else {}, f"{path}.")
-        else:
-            kwargs[key] = _coerce(value, hint, path)
-    return cls(**kwargs)
-
-
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    """Check `value` against a field's annotation, converting only where it is lossless and obvious."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{path} cannot be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{path} expects a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path} expects true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{path} expects an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "1e-3" (no dot) as a string; accept any plain decimal number written that way.
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
-        raise ConfigError(f"{path} expects a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path} expects a string, got {value!r}")
-    raise ConfigError(f"{path}: unsupported field type {hint!r}")  # a programming error in this module
-
-
-def _unknown_key_message(path: str, key: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown config key {path!r}{hint} (known here: {', '.join(names)})"
+    """A fresh config from trainer/presets/NAME.yaml: the defaults above with that file's keys applied."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    cfg = TrainConfig.load(PRESET_DIR / f"{name}.yaml")
+    cfg.preset = name
+    return cfg.validate()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.progress import ProgressFn, Stopwatch
+from engine.progress import CancelFn, ProgressFn, Stopwatch, raise_if_cancelled
 from engine.store.vectors import library_vectors
 
 
@@ -58,9 +58,13 @@ def retrieve_for_seeds(pool_vectors: np.ndarray, seed_vectors: np.ndarray, per_s
     """Rows of the pool among the per_seed nearest neighbours of any seed (cosine), without repeats."""
     import faiss
 
+    def unit(x: np.ndarray) -> np.ndarray:  # cosine whatever the norms (a library's vectors are unit already)
+        x = np.asarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+
     index = faiss.IndexFlatIP(pool_vectors.shape[1])
-    index.add(np.ascontiguousarray(pool_vectors, dtype=np.float32))
-    _, nn = index.search(np.ascontiguousarray(seed_vectors, dtype=np.float32), min(per_seed, len(pool_vectors)))
+    index.add(unit(pool_vectors))
+    _, nn = index.search(unit(seed_vectors), min(per_seed, len(pool_vectors)))
     return np.unique(nn[nn >= 0])
 
 
@@ -87,10 +91,18 @@ def balance_by_cluster(vectors: np.ndarray, k: int, per_cluster: int, seed: int 
 
 def curate(lib, model_id: int, *, threshold: float = 0.95, seed_vectors: np.ndarray | None = None,
            per_seed: int = 32, clusters: int | None = None, per_cluster: int | None = None,
-           progress: ProgressFn | None = None) -> CurationReport:
-    """The whole pipeline over one library and model; returns the kept paths and the counts per stage."""
+           progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> CurationReport:
+    """The whole pipeline over one library and model; returns the kept paths and the counts per stage.
+
+    progress: told the stage before each one starts (its `phase`). cancel: engine.progress's callback, asked
+    before each stage (raises `Cancelled`)."""
     clock = Stopwatch()
-    say = (lambda stage: progress(clock(0, None, phase=stage))) if progress else (lambda _stage: None)
+
+    def say(stage: str) -> None:
+        raise_if_cancelled(cancel)
+        if progress is not None:
+            progress(clock(0, None, phase=stage))
+
     report = CurationReport()
     ids, vectors = library_vectors(lib, model_id)
     ids = np.asarray(ids, dtype=np.int64)

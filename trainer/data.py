@@ -1,14 +1,21 @@
-"""Training data: an image dataset that survives bad files, the multi-crop collate, samplers and the loader.
+"""Training data: an image dataset that survives bad files, the multi-crop collate, samplers and the loaders.
 
 A personal photo library always holds a few files that will not decode (truncated copies, odd formats). The
 dataset skips them at load time, substitutes the next readable image, and reports what it skipped through the
 batch (`batch["failed"]`), so the training loop can log them from the main process even with worker processes.
+
+Determinism. The loop's batch `it` of rank `r` is a pure function of (seed, r, it): `IterationBatches` picks its
+images from InfiniteSampler's permutation stream and seeds the crops and iBOT masks from SeedSequence(seed, r, it).
+So neither the number of DataLoader workers, nor which worker builds a batch, nor a restart changes the data; and
+the global RNGs of the training process are touched only by the model (stochastic depth).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import random
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,14 +30,19 @@ from trainer.masking import MaskingGenerator, RandomLike, collate_masks
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
+TRAIN_STREAM = 0  # SeedSequence stream of the training batches; distillation fits its prototypes on stream 1
+
 __all__ = [
+    "TRAIN_STREAM",
     "ImageFolderDataset",
     "InfiniteSampler",
+    "IterationBatches",
     "MultiCropCollator",
     "collate_multicrop",
     "library_images",
     "list_images",
     "make_dataset",
+    "make_iteration_loader",
     "make_loader",
     "read_file_list",
 ]
@@ -259,9 +271,12 @@ class InfiniteSampler(Sampler[int]):
 
 
 def _worker_init(_worker_id: int) -> None:
-    # Each worker decodes and augments one sample at a time; several torch threads per worker would only fight
-    # over the cores the main process needs for the model.
+    # One thread per worker (they decode and augment one sample at a time; more would fight over the cores the
+    # model needs), and Ctrl-C goes to the main process alone: it finishes the step and saves, while the workers
+    # keep feeding it.
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_loader(
@@ -290,7 +305,10 @@ def make_loader(
                                      drop_last=True)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
-    workers = cfg.data.num_workers
+    from trainer.distributed import data_workers
+
+    device_type = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    workers = data_workers(cfg.data.num_workers, device_type, world_size)
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -304,3 +322,81 @@ def make_loader(
         prefetch_factor=2 if workers > 0 else None,
     )
 
+
+# ------------------------------------------------------------------------------------------------ per iteration
+class IterationBatches(Dataset):
+    """Map-style dataset whose item `it` is the whole collated batch of iteration `it` for one rank.
+
+    Images: rank r's k-th sample is position r + k·world of the stream that InfiniteSampler draws (pass p is
+    randperm(size) seeded with seed + p), so ranks see disjoint images, as with `trainer.data.make_loader`.
+    Randomness: crops from a torch seed and masks from a `random.Random`, both from SeedSequence(seed, rank, it,
+    stream); the caller's global torch RNG is saved and restored around the crops.
+    """
+
+    def __init__(self, images: ImageFolderDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1,
+                 stream: int = TRAIN_STREAM) -> None:
+        self.images = images
+        self.batch_size = cfg.optim.batch_size_per_device
+        self.rank, self.world_size = rank, world_size
+        self.seed = cfg.seed
+        self.stream = stream
+        self.collator = MultiCropCollator(cfg)
+        self._perms: dict[int, torch.Tensor] = {}  # the last two passes (a batch may straddle two)
+
+    def _perm(self, p: int) -> torch.Tensor:
+        perm = self._perms.get(p)
+        if perm is None:
+            g = torch.Generator().manual_seed(self.seed + p)
+            perm = torch.randperm(len(self.images), generator=g)
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[p] = perm
+        return perm
+
+    def indices(self, it: int) -> list[int]:
+        size = len(self.images)
+        out = []
+        for k in range(it * self.batch_size, (it + 1) * self.batch_size):
+            p, offset = divmod(self.rank + k * self.world_size, size)
+            out.append(int(self._perm(p)[offset]))
+        return out
+
+    def __getitem__(self, it: int) -> dict[str, Any]:
+        if it < 0:
+            raise IndexError("iterations are numbered from 0")
+        torch_seed, py_seed = np.random.SeedSequence((self.seed, self.rank, it, self.stream)).generate_state(
+            2, dtype=np.uint64)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch_seed))
+            samples = [self.images[i] for i in self.indices(it)]
+        rng = random.Random(int(py_seed))
+        c = self.collator
+        c.generator.rng = rng
+        batch = collate_multicrop(samples, c.generator, c.ratio, c.probability, c.dtype, rng=rng)
+        batch["iteration"] = it
+        return batch
+
+
+class _Count(Sampler[int]):
+    """start, start+1, ... forever."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
+
+
+def make_iteration_loader(batches: IterationBatches, start: int, num_workers: int,
+                          pin_memory: bool = False) -> DataLoader:
+    """DataLoader over IterationBatches from iteration `start`; it draws no number from the global RNG."""
+    return DataLoader(
+        batches,
+        batch_size=None,
+        sampler=_Count(start),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        prefetch_factor=2 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),  # DataLoader's base seed; unused by IterationBatches
+    )

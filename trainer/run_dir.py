@@ -49,6 +49,9 @@ __all__ = ["CHECKPOINT_FORMAT", "EventLog", "Run", "RunError"]
 CHECKPOINT_FORMAT = "dinoscope-train"
 CHECKPOINT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+_NAN_FILE = re.compile(r"^step_(\d+)\.nan\.pt$")
+# engine.atomic's temp names: ".<final name>.<random>.tmp"; last.pt's: ".last.pt.<pid>.tmp"
+_TEMP_FILE = re.compile(r"^\.(.+?\.(?:pt|yaml|jsonl))\.[^.]+\.tmp$")
 
 
 class RunError(ValueError):
@@ -172,6 +175,38 @@ class Run:
     def has_run(self) -> bool:
         """Whether the folder holds a run that can be resumed (a checkpoint); a config alone does not count."""
         return self.latest_checkpoint() is not None
+
+    def run_files(self) -> list[Path]:
+        """The files of a run present here (config, events, exported model, checkpoints): what a new run in this
+        folder would replace. A finished run whose checkpoints/ was deleted still has its model and log."""
+        found = [p for p in (self.config_path, self.events.path, self.teacher_path) if p.is_file()]
+        if self.checkpoint_dir.is_dir():
+            found += sorted(p for p in self.checkpoint_dir.iterdir() if p.name == self.LAST
+                            or _STEP_FILE.match(p.name) or _NAN_FILE.match(p.name))
+        return found
+
+    def remove_run_files(self) -> list[Path]:
+        """Delete `run_files()` (for a new run that replaces this one); other files in the folder stay."""
+        found = self.run_files()
+        for p in found:
+            p.unlink(missing_ok=True)
+        return found
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files of writes that never finished (a killed process leaves `.step_N.pt.*.tmp`, which
+        can be as large as a checkpoint). Call only when no other process writes this run."""
+        names = (self.CONFIG, self.EVENTS, self.TEACHER, self.LAST)
+        found = []
+        for folder in (self.root, self.checkpoint_dir):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                m = _TEMP_FILE.match(p.name)
+                if m and p.is_file() and (m.group(1) in names or _STEP_FILE.match(m.group(1))):
+                    found.append(p)
+        for p in found:
+            p.unlink(missing_ok=True)
+        return sorted(found)
 
     # ------------------------------------------------------------------------------------ config
     def save_config(self, cfg: TrainConfig) -> Path:

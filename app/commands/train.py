@@ -2,8 +2,9 @@
 
 Progress goes to stderr, one line per logged step; the run folder holds the config, checkpoints, events.jsonl and
 teacher_backbone.pt (loadable anywhere a model is asked for). Exit codes: 0 finished (or stopped at --stop-at),
-1 stopped by a NaN/inf loss (the last good checkpoint stays), 2 bad config, data or run folder (nothing trained),
-130 interrupted by SIGINT/SIGTERM with a checkpoint saved (`--resume` continues). Under
+1 stopped by a NaN/inf loss (the last good checkpoint stays), 2 bad config, data or run folder (nothing trained;
+also --out holding another run's files without --resume or --overwrite), 130 interrupted by SIGINT/SIGTERM with
+a checkpoint saved (`--resume` continues). Under
 `torchrun --nproc_per_node N -m app train ...` the same command trains with DDP.
 """
 
@@ -26,7 +27,8 @@ EXAMPLES = """examples:
 presets: vits14-scratch, vitb14-scratch, finetune, distill, tiny-cpu (any config key can be --set)
 """
 
-EXIT = {"done": 0, "stopped": 0, "nan": 1, "interrupted": 130}
+EXIT = {"done": 0, "stopped": 0, "nan": 1}
+EXIT_INTERRUPTED = 130
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--library", help="a Dinoscope library (name or folder): its decoded photos")
     t.add_argument("--out", required=True, type=Path, help="the run folder (created; must not hold another run)")
     t.add_argument("--init", help="start both networks from this backbone (zoo name or checkpoint), new heads")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start a new run in --out even though it holds one (its model, log and checkpoints "
+                       "are replaced)")
     t.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. optim.epochs=20 optim.batch_size_per_device=32 device=cuda")
     t.add_argument("--eval-data", type=Path, help="a labelled folder (one sub-folder per class): k-NN and "
@@ -140,8 +146,9 @@ class _Printer:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.progress import Cancelled
     from engine.store.schema import StoreError
-    from trainer.loop import train
+    from trainer.train import train
 
     bad_input = (ValueError, OSError, RuntimeError, StoreError)
     try:
@@ -153,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
         summary = train(
             cfg, args.out, resume=args.resume, init=None if args.resume else args.init, log=_Printer(),
             eval_data=args.eval_data, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-            keep=args.keep, stop_at=args.stop_at,
+            keep=args.keep, stop_at=args.stop_at, overwrite=args.overwrite,
         )
+    except Cancelled:  # SIGINT/SIGTERM: the checkpoint is saved and the end event printed the message
+        return EXIT_INTERRUPTED
     except bad_input as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
