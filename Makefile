@@ -11,7 +11,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, PySide6, faiss, cv2, sqlalchemy, transformers"
+	$(PY) -c "import torch, PySide6, faiss, cv2, sqlalchemy, transformers, rawpy, watchdog"
 	touch $(STAMP)
 
 run: $(STAMP)

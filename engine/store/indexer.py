@@ -239,6 +239,14 @@ def prepare(job: _Job, missing_hashes: frozenset[str] = frozenset()) -> _Prepare
 # ------------------------------------------------------------------------------------------------ DB writes
 
 
+def _link_raws(lib: Library, links: list[tuple[int, str | None]]) -> None:
+    """Record a RAW twin that appeared beside (or vanished from beside) an unchanged JPEG: no pixel is re-read."""
+    if links:
+        with lib.write_session.begin() as s:
+            for row_id, raw_path in links:
+                s.execute(update(Image).where(Image.id == row_id).values(raw_path=raw_path))
+
+
 @dataclass
 class _Write:
     """Everything one file changes in the database; a batch of these is one transaction."""
@@ -254,7 +262,7 @@ class _Write:
 def _image_fields(prep: _Prepared) -> dict:
     f = prep.job.file
     fields = {"path": f.path, "folder_id": prep.job.folder_id, "size": f.size, "mtime_ns": f.mtime_ns,
-              "content_hash": prep.hash, "indexed_at": utcnow()}
+              "content_hash": prep.hash, "indexed_at": utcnow(), "raw_path": f.raw}
     info = prep.info
     if prep.error is None and info is not None:
         fields.update(width=info.width, height=info.height, orientation=info.orientation,
@@ -339,9 +347,9 @@ def _known_images(lib: Library, folder_ids: list[int], model_id: int) -> list[Kn
         embedded = set(s.scalars(select(Embedding.image_id).where(Embedding.model_id == model_id)))
         rows = s.execute(
             select(Image.id, Image.path, Image.folder_id, Image.size, Image.mtime_ns, Image.content_hash,
-                   Image.status).where(Image.folder_id.in_(folder_ids))
+                   Image.status, Image.raw_path).where(Image.folder_id.in_(folder_ids))
         ).all()
-    return [KnownImage(*r, has_embedding=r[0] in embedded) for r in rows]
+    return [KnownImage(*r[:7], has_embedding=r[0] in embedded, raw_path=r[7]) for r in rows]
 
 
 def _load_model(model: torch.nn.Module | str | os.PathLike) -> tuple[torch.nn.Module, str]:
@@ -435,6 +443,7 @@ def index_library(
             raise
         if not report.cancelled:
             report.deleted = run.delete_missing(pairs)
+        _link_raws(lib, plan.raw_links)
 
         # ---- vectors: rebuild every model whose rows changed (changed files dropped other models' vectors too)
         from engine.store.vectors import VectorIndex
@@ -634,7 +643,7 @@ class _Run:
         self.report.moved += 1
         f = prep.job.file
         write = _Write(row.id, {"path": f.path, "folder_id": prep.job.folder_id, "size": f.size,
-                                "mtime_ns": f.mtime_ns})
+                                "mtime_ns": f.mtime_ns, "raw_path": f.raw})
         if row.status == "ok" and not row.has_embedding:  # moved and, until now, never seen by this model
             again = prepare(_Job("embed", f, prep.job.folder_id, row))
             if again.tensor is not None:

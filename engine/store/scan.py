@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine.imageio import SUPPORTED_EXTENSIONS
+from engine.raw import RAW_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class FoundFile:
     size: int
     mtime_ns: int
     problem: str | None = None
+    raw: str | None = None  # the camera RAW with this JPEG's stem in its folder: one photo, the JPEG shown
 
 
 @dataclass
@@ -131,8 +133,32 @@ def scan_folder(
             if on_file is not None:
                 on_file(1)
         stack.extend(reversed(subdirs))
-    scan.files = sorted([f for _, f in by_inode.values()] + loose, key=lambda f: f.path)
+    scan.files = pair_raw_files(sorted([f for _, f in by_inode.values()] + loose, key=lambda f: f.path))
     return scan
+
+
+_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe"})
+
+
+def pair_raw_files(files: list[FoundFile]) -> list[FoundFile]:
+    """Fold each RAW that has a JPEG of the same stem (case aside) in the same folder into that JPEG: a camera's
+    RAW+JPEG mode writes one photo twice, and it should be shown, searched and embedded once."""
+    jpegs: dict[str, int] = {}
+    for i, f in enumerate(files):
+        stem, ext = os.path.splitext(f.path)
+        if ext.lower() in _JPEG_EXTENSIONS and f.problem is None:
+            jpegs.setdefault(stem.lower(), i)
+    if not jpegs:
+        return files
+    out = list(files)
+    folded: set[int] = set()
+    for i, f in enumerate(files):
+        stem, ext = os.path.splitext(f.path)
+        j = jpegs.get(stem.lower())
+        if ext.lower() in RAW_EXTENSIONS and j is not None and out[j].raw is None:
+            out[j] = FoundFile(out[j].path, out[j].size, out[j].mtime_ns, None, f.path)
+            folded.add(i)
+    return [f for i, f in enumerate(out) if i not in folded]
 
 
 def _stat_file(entry: os.DirEntry) -> tuple[FoundFile, tuple[int, int] | None]:
@@ -178,6 +204,7 @@ class KnownImage:
     content_hash: str | None
     status: str
     has_embedding: bool  # for the model being indexed
+    raw_path: str | None = None
 
 
 @dataclass
@@ -188,6 +215,7 @@ class Plan:
     unchanged: int = 0
     missing: list[KnownImage] = field(default_factory=list)  # gone from a fully seen folder: moved or deleted
     protected: int = 0  # not seen, but under a folder that could not be read: kept as they are
+    raw_links: list[tuple[int, str | None]] = field(default_factory=list)  # (row id, RAW twin) that changed
 
 
 def compare(scans: list[tuple[FolderScan, int]], known: Iterable[KnownImage]) -> Plan:
@@ -199,6 +227,8 @@ def compare(scans: list[tuple[FolderScan, int]], known: Iterable[KnownImage]) ->
         for f in scan.files:
             seen.add(f.path)
             row = by_path.get(f.path)
+            if row is not None and row.raw_path != f.raw:
+                plan.raw_links.append((row.id, f.raw))
             if row is None:
                 plan.new.append((f, folder_id))
             elif row.size != f.size or row.mtime_ns != f.mtime_ns or row.status == "pending":

@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this code writes. Bump it and register a migration in MIGRATIONS when a table changes."""
 
 STATUSES = ("pending", "ok", "error")
@@ -125,6 +125,7 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(8), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime | None] = mapped_column()
+    raw_path: Mapped[str | None] = mapped_column(Text)  # a camera RAW beside this JPEG (same stem): one photo
 
 
 class Thumbnail(Base):
@@ -207,6 +208,18 @@ class Cluster(Base):
     cluster: Mapped[int] = mapped_column(Integer)
 
 
+class StackMember(Base):
+    """A photo folded into a stack under a model: near-identical copies, or a burst (same scene, same folder, seconds
+    apart). A photo on its own has no row. stack_id is the cover's image id (dedup's keeper rule picks it)."""
+
+    __tablename__ = "stack_members"
+    __table_args__ = (Index("ix_stack_members_stack", "model_id", "stack_id"),
+                      Index("ix_stack_members_image", "image_id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    stack_id: Mapped[int] = mapped_column(Integer)
+
+
 _REVISION_TRIGGERS = (
     """CREATE TRIGGER embeddings_revision_insert AFTER INSERT ON embeddings
        BEGIN UPDATE models SET revision = revision + 1 WHERE id = NEW.model_id; END""",
@@ -220,11 +233,19 @@ _REVISION_TRIGGERS = (
 
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _add_raw_pairs_and_stacks(conn: Connection) -> None:
+    """Schema 2: a JPEG row may carry its RAW twin's path, and stacks of near-identical photos and bursts."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN raw_path TEXT")
+    StackMember.__table__.create(conn)
+
+
+MIGRATIONS: dict[int, Migration] = {2: _add_raw_pairs_and_stacks}
 """target version -> function that upgrades a database at version target-1, run inside one transaction.
 
 A new database is created directly at SCHEMA_VERSION from the ORM above; migrations only ever run on files that
-were written by an older Dinoscope. Version 1 is the first released schema, so nothing is registered yet.
+were written by an older Dinoscope. Version 1 is the first released schema.
 """
 
 
@@ -355,6 +376,7 @@ __all__ = [
     "Meta",
     "Model",
     "Region",
+    "StackMember",
     "StoreError",
     "Thumbnail",
     "check_version",
