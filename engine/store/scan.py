@@ -34,12 +34,20 @@ class FolderScan:
     exists: bool
     files: list[FoundFile] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason), skipped with a warning
+    only: list[tuple[str, bool]] | None = None  # a partial scan (scan_dirs): these (folder, recursive) alone
 
     def covers(self, path: str) -> bool:
         """True when the walk saw everything that could be at `path` (so its absence means it is gone)."""
         if not self.exists:
             return False
+        if self.only is not None and not any(in_part(path, d, deep) for d, deep in self.only):
+            return False
         return not any(_is_within(path, folder) for folder, _ in self.unreadable)
+
+
+def in_part(path: str, folder: str, deep: bool) -> bool:
+    """Whether `path` lies in `folder` (anywhere below it when `deep`, else directly in it)."""
+    return _is_within(path, folder) if deep else os.path.dirname(path) == folder
 
 
 def _is_within(path: str, folder: str) -> bool:
@@ -181,6 +189,45 @@ def _stat_file(entry: os.DirEntry) -> tuple[FoundFile, tuple[int, int] | None]:
         problem = "not a regular file (a pipe, socket or device)"
         return FoundFile(entry.path, st.st_size, st.st_mtime_ns, problem), None
     return FoundFile(entry.path, st.st_size, st.st_mtime_ns), (st.st_dev, st.st_ino)
+
+
+def scan_dirs(root: str, dirs: Iterable[tuple[str, bool]]) -> FolderScan:
+    """A partial scan of `root`: only the given (folder, recursive) parts of it, for a watcher that knows where
+    things changed. A part that no longer exists is simply empty (its rows are gone), as long as `root` exists."""
+    parts = {(d, deep) for d, deep in dirs if _is_within(d, root)}
+    recursive = [d for d, deep in parts if deep]
+    # Drop the parts that a recursive part already holds (a folder below it, or the same folder listed flat).
+    parts = {(d, deep) for d, deep in parts if not any(_is_within(d, r) and (r != d or not deep) for r in recursive)}
+    scan = FolderScan(root=root, exists=os.path.isdir(root), only=sorted(parts))
+    if not scan.exists:
+        return scan
+    found: list[FoundFile] = []
+    visited: set[tuple[int, int]] = set()
+    for folder, deep in scan.only or []:
+        if deep:
+            sub = scan_folder(folder, visited)
+            found += sub.files
+            scan.unreadable += sub.unreadable
+            continue
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            scan.unreadable.append((folder, _reason(exc)))
+            continue
+        loose = [_stat_file(e)[0] for e in entries if is_candidate(e.name) and not _is_dir(e)]
+        found += pair_raw_files(loose)
+    scan.files = sorted({f.path: f for f in found}.values(), key=lambda f: f.path)
+    return scan
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
 
 
 def scan_folders(roots: Iterable[str], on_file: Callable[[int], None] | None = None) -> list[FolderScan]:
