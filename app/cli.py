@@ -21,6 +21,7 @@ COMMANDS = {
     "pca": "pca",
     "search": "search",
     "dedup": "dedup",
+    "stack": "stack",
     "cluster": "cluster",
     "train": "train",
     "eval": "eval",

@@ -42,6 +42,7 @@ class WatchBatch:
 
     parts: list[tuple[str, bool]]  # the (folder, recursive) parts that were looked at again
     report: object | None = None  # engine.store.indexer.IndexReport; None when the run failed
+    stacks: object | None = None  # engine.stacks.StackUpdate, when the run changed any vector
     error: str | None = None
     seconds: float = 0.0
 
@@ -141,6 +142,7 @@ def watch_library(
     """
     from watchdog.observers import Observer
 
+    from engine.stacks import update_stacks
     from engine.store.indexer import index_library
 
     with lib.lock("watch"):
@@ -195,7 +197,9 @@ def watch_library(
                 start = time.perf_counter()
                 batch = WatchBatch(parts)
                 try:
-                    batch.report = index_library(lib, model, only=parts, cancel=cancel, **index_options)
+                    batch.report = report = index_library(lib, model, only=parts, cancel=cancel, **index_options)
+                    if report.new or report.changed or report.deleted or report.embedded or report.vanished:
+                        batch.stacks = update_stacks(lib, report.model_id)  # new photos join their stacks
                 except Cancelled:
                     break
                 except Exception as exc:  # a disk-full or damaged-database error: say so and try again later

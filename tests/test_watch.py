@@ -228,3 +228,25 @@ def test_dirty_folders_wait_for_quiet_and_bursts_come_together() -> None:
             break
     assert got == [("/p/busy", True)] and t * 0.5 >= 5.0
     assert isinstance(WatchNotice("x").message, str)
+
+
+def test_a_copy_landing_in_a_watched_folder_joins_the_stack_of_its_original(library) -> None:
+    lib, photos = library
+    original = photos / PHOTOS[0].name
+    db = lib.db_path
+
+    def stacked_with_original() -> bool:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            row = con.execute(
+                "SELECT count(*) FROM stack_members a JOIN stack_members b ON a.stack_id = b.stack_id "
+                "JOIN images ia ON ia.id = a.image_id JOIN images ib ON ib.id = b.image_id "
+                "WHERE ia.path = ? AND ib.path = ? AND a.size >= 2", (str(original), str(photos / "copy.jpg")))
+            return row.fetchone()[0] == 1
+        finally:
+            con.close()
+
+    with Watcher(lib) as w:
+        Image.open(original).save(photos / "copy.jpg", quality=60)  # a re-encoded copy: near-identical
+        wait_for(stacked_with_original, "the copy stacked with its original")
+    assert any(b.stacks is not None and b.stacks.stacks >= 1 for b in w.batches)

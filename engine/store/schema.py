@@ -209,15 +209,22 @@ class Cluster(Base):
 
 
 class StackMember(Base):
-    """A photo folded into a stack under a model: near-identical copies, or a burst (same scene, same folder, seconds
-    apart). A photo on its own has no row. stack_id is the cover's image id (dedup's keeper rule picks it)."""
+    """A photo's stack under a model (engine/stacks.py): near-identical copies, or a burst (same scene, same folder,
+    seconds apart). Every photo that has been through stacking has a row (one on its own is a stack of size 1);
+    stack_id is the cover's image id. Deleted with the embedding, so a re-embedded photo is stacked again."""
 
     __tablename__ = "stack_members"
-    __table_args__ = (Index("ix_stack_members_stack", "model_id", "stack_id"),
-                      Index("ix_stack_members_image", "image_id"))
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model_id", "image_id"], ["embeddings.model_id", "embeddings.image_id"], ondelete="CASCADE"
+        ),
+        Index("ix_stack_members_stack", "model_id", "stack_id"),
+        Index("ix_stack_members_image", "image_id"),
+    )
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(primary_key=True)
     stack_id: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)  # members when last written: fewer rows now = a member was removed
 
 
 _REVISION_TRIGGERS = (
