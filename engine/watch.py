@@ -199,7 +199,7 @@ def watch_library(
                 try:
                     batch.report = report = index_library(lib, model, only=parts, cancel=cancel, **index_options)
                     if report.new or report.changed or report.deleted or report.embedded or report.vanished:
-                        batch.stacks = update_stacks(lib, report.model_id)  # new photos join their stacks
+                        batch.stacks = update_stacks(lib, report.model_id, cancel=cancel)  # new photos join stacks
                 except Cancelled:
                     break
                 except Exception as exc:  # a disk-full or damaged-database error: say so and try again later
