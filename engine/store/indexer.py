@@ -354,10 +354,12 @@ def _known_images(lib: Library, folder_ids: list[int], model_id: int,
         if only is not None:
             rows = [r for r in rows if any(in_part(r[1], d, deep) for d, deep in only)]
         ids = [r[0] for r in rows]
-        embedded: set[int] = set()
-        for start in range(0, len(ids), 500):
-            embedded.update(s.scalars(select(Embedding.image_id).where(
-                Embedding.model_id == model_id, Embedding.image_id.in_(ids[start : start + 500]))))
+        has_model = select(Embedding.image_id).where(Embedding.model_id == model_id)
+        if only is None:  # a full run: one scan of this model's rows
+            embedded = set(s.scalars(has_model))
+        else:
+            embedded = {i for start in range(0, len(ids), 500)
+                        for i in s.scalars(has_model.where(Embedding.image_id.in_(ids[start : start + 500])))}
     return [KnownImage(*r[:7], has_embedding=r[0] in embedded, raw_path=r[7]) for r in rows]
 
 
