@@ -103,10 +103,8 @@ def _name(source: Source) -> str:
 def _cause(exc: BaseException) -> str:
     import rawpy
 
-    text = str(exc.args[0] if exc.args else exc)
-    if isinstance(exc, bytes | bytearray):
-        text = exc.decode(errors="replace")
-    text = text.strip("b'\"")
+    arg = exc.args[0] if exc.args else exc
+    text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)  # LibRaw's messages are bytes
     if isinstance(exc, FileNotFoundError):
         return "the file does not exist"
     if isinstance(exc, PermissionError):
