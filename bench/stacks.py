@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--add", type=int, default=20)
     args = parser.parse_args()
 
-    from engine.stacks import rebuild_stacks, update_stacks
+    from engine.stacks import rebuild_stacks, stacks, update_stacks
     from engine.store import Library
     from engine.store.schema import Embedding, Image
     from engine.store.vectors import VectorIndex
@@ -87,9 +87,9 @@ def main() -> None:
         with Library.open(root) as lib:
             VectorIndex.open(lib, 1)
             t = time.perf_counter()
-            result = rebuild_stacks(lib, 1)
+            rebuild_stacks(lib, 1)
             rebuild_s = time.perf_counter() - t
-            print(f"rebuild: {result.stacks} stacks from {args.n} photos in {rebuild_s:.1f} s")
+            print(f"rebuild: {len(stacks(lib, 1))} stacks from {args.n} photos in {rebuild_s:.1f} s")
             ids, vectors = lib.vectors(1)
             per_photo, index_rewrite = [], []
             for k in range(args.add):

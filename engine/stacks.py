@@ -12,7 +12,9 @@ indexer deletes a photo or re-embeds a changed one, its row disappears by itself
   * a photo with an embedding but no row is new: its neighbours come from one k-NN query in the library's vector
     index (never an N x N comparison), and it joins (and merges) the stacks it links to;
   * a stack whose row count no longer matches its recorded size lost a member: it is split again from its
-    remaining members alone (a stack is closed, so nobody outside it can be linked to them).
+    remaining members alone (a stack is closed, so nobody outside it can be linked to them). That search runs
+    only when the table has fewer rows than the last update left (kept in meta), since rows vanish only by cascade.
+A photo arriving in a 100k library costs a few index-range counts, one k-NN query and one small write.
 `update_stacks` does both and is what the watcher and the indexer's callers run after each batch; `rebuild_stacks`
 starts over (`python -m app stack --rebuild`).
 """
@@ -31,7 +33,7 @@ from sqlalchemy import delete, func, select
 
 from engine.dedup import NEAR, SCENE, Components, _keeper_order
 from engine.progress import raise_if_cancelled
-from engine.store.schema import Embedding, Image, StackMember
+from engine.store.schema import Embedding, Image, Meta, StackMember
 
 if TYPE_CHECKING:
     from engine.store.library import Library
@@ -52,7 +54,7 @@ class StackRules:
 class StackUpdate:
     added: int = 0  # photos stacked for the first time (new or re-embedded)
     repaired: int = 0  # stacks that had lost members and were split again
-    stacks: int = 0  # stacks of two or more photos afterwards
+    touched: int = 0  # stacks of two or more photos written by this update
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,29 @@ def _repair(lib: Library, model_id: int, rules: StackRules) -> int:
     return len(damaged)
 
 
-def _unstacked(lib: Library, model_id: int) -> list[int]:
+def _count_rows(lib: Library, model_id: int) -> int:
     with lib.session() as s:
+        return s.scalar(select(func.count()).select_from(StackMember).where(StackMember.model_id == model_id)) or 0
+
+
+def _unstacked(lib: Library, model_id: int) -> list[int]:
+    """Photos with a vector but no stack row. Ids only grow (AUTOINCREMENT), so the new ones are usually those above
+    the highest stacked id, which two index-range counts confirm; otherwise (a re-embedded photo) an anti-join."""
+    with lib.session() as s:
+        top = s.scalar(select(func.max(StackMember.image_id)).where(StackMember.model_id == model_id)) or 0
+        above = list(s.scalars(select(Embedding.image_id).where(Embedding.model_id == model_id,
+                                                                Embedding.image_id > top)))
+        embedded = s.scalar(select(func.count()).select_from(Embedding).where(Embedding.model_id == model_id)) or 0
+        if embedded == _count_rows(lib, model_id) + len(above):
+            return sorted(above)
         q = select(Embedding.image_id).where(Embedding.model_id == model_id).where(
             ~select(StackMember.image_id).where(StackMember.model_id == model_id,
                                                 StackMember.image_id == Embedding.image_id).exists())
         return sorted(s.scalars(q))
+
+
+def _rows_key(model_id: int) -> str:
+    return f"stacks.{model_id}.rows"  # stack rows after the last update: fewer now means a member went
 
 
 def update_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(), *,
@@ -165,31 +184,34 @@ def update_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(),
                   cancel: Callable[[], bool] | None = None) -> StackUpdate:
     """Bring the stacks up to date with the photos the model has vectors for: repair stacks that lost members,
     then fold each new photo in from its k nearest neighbours. Cheap when little changed."""
-    out = StackUpdate(repaired=_repair(lib, model_id, rules))
+    with lib.session() as s:
+        known = s.get(Meta, _rows_key(model_id))
+    out = StackUpdate()
+    if known is None or int(known.value) != _count_rows(lib, model_id):  # rows only vanish by cascade
+        out.repaired = _repair(lib, model_id, rules)
     new = _unstacked(lib, model_id)
     if new:
         index = lib.vector_index(model_id)
         ids, vectors = index.ids(), index.vectors()
         for start in range(0, len(new), QUERY_BLOCK):
             raise_if_cancelled(cancel)
-            _add(lib, model_id, new[start : start + QUERY_BLOCK], index, ids, vectors, rules)
+            out.touched += _add(lib, model_id, new[start : start + QUERY_BLOCK], index, ids, vectors, rules)
             out.added += len(new[start : start + QUERY_BLOCK])
             if progress is not None:
                 progress(out.added, len(new))
-    with lib.session() as s:
-        out.stacks = s.scalar(select(func.count(func.distinct(StackMember.stack_id))).where(
-            StackMember.model_id == model_id, StackMember.size > 1)) or 0
+    with lib.write_session.begin() as s:
+        s.merge(Meta(key=_rows_key(model_id), value=str(_count_rows(lib, model_id))))
     return out
 
 
 def _add(lib: Library, model_id: int, new: list[int], index, ids: np.ndarray, vectors: np.ndarray,
-         rules: StackRules) -> None:
+         rules: StackRules) -> int:
     from engine.search import faiss_settings
 
     rows = np.searchsorted(ids, new)
     present = [(i, r) for i, r in zip(new, rows.tolist(), strict=True) if r < len(ids) and ids[r] == i]
     if not present:
-        return
+        return 0
     query = np.ascontiguousarray(vectors[[r for _, r in present]], np.float32)
     with faiss_settings(len(present)):
         scores, found = index.search(query, min(KNN + 1, len(ids)))
@@ -219,6 +241,7 @@ def _add(lib: Library, model_id: int, new: list[int], index, ids: np.ndarray, ve
     groups = _components(everyone, links + chain)
     meta.update(_meta(lib, [i for i in everyone if i not in meta]))
     _write(lib, model_id, groups, meta)
+    return sum(len(g) > 1 for g in groups)
 
 
 def rebuild_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(), *,

@@ -65,7 +65,7 @@ def library(tmp_path: Path):
 def test_copies_and_a_burst_fold_into_stacks_kept_up_to_date(library) -> None:
     lib, photos, model_id = library
     first = update_stacks(lib, model_id)
-    assert first.added == 7 and first.stacks == 2
+    assert first.added == 7 and first.touched == 2 and len(stacks(lib, model_id)) == 2
     assert names(lib, model_id) == {frozenset({"forest_q95.jpg", "forest_q40.jpg", "forest_small.jpg"}),
                                     frozenset({"leaf.jpg", "marigold.jpg"})}
     assert covers(lib, model_id) == {"forest_q95.jpg", "leaf.jpg"}  # the most pixels

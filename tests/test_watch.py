@@ -249,4 +249,4 @@ def test_a_copy_landing_in_a_watched_folder_joins_the_stack_of_its_original(libr
     with Watcher(lib) as w:
         Image.open(original).save(photos / "copy.jpg", quality=60)  # a re-encoded copy: near-identical
         wait_for(stacked_with_original, "the copy stacked with its original")
-    assert any(b.stacks is not None and b.stacks.stacks >= 1 for b in w.batches)
+    assert any(b.stacks is not None and b.stacks.touched >= 1 for b in w.batches)
