@@ -22,6 +22,7 @@ COMMANDS = {
     "heatmap": "heatmap",
     "search": "search",
     "dedup": "dedup",
+    "stack": "stack",
     "cluster": "cluster",
     "train": "train",
     "eval": "eval",

@@ -29,6 +29,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from engine import raw as _raw
+
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "ImageDecodeError",
@@ -51,11 +53,13 @@ pixel long side: ~24 GB in the resize. Refused from the header, like a decompres
 
 _HAS_HEIF_PACKAGE = importlib.util.find_spec("pillow_heif") is not None
 _HAS_PIL_AVIF = importlib.util.find_spec("PIL._avif") is not None
+_HAS_RAWPY = importlib.util.find_spec("rawpy") is not None
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
     | ({".heic", ".heif"} if _HAS_HEIF_PACKAGE else set())
     | ({".avif"} if _HAS_PIL_AVIF or _HAS_HEIF_PACKAGE else set())
+    | (_raw.RAW_EXTENSIONS if _HAS_RAWPY else set())
 )
 """Lower-case suffixes (with the dot) that a library scan should pick up."""
 
@@ -141,6 +145,8 @@ def load_rgb(source: Source, *, min_side: int | None = None, max_pixels: int | N
     """
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be a positive number of pixels, got {min_side}")
+    if _raw.handles(source):  # camera RAW: LibRaw, the embedded preview when it is large enough (engine/raw.py)
+        return _raw.load_rgb(source, min_side=min_side, max_pixels=max_pixels)
     square = (min_side, min_side) if min_side else None
     return _decode(source, max_pixels, lambda width, height: square, lambda image, full_size: _to_array(image))
 
@@ -153,6 +159,10 @@ def load_thumbnail(source: Source, size: int = 256) -> np.ndarray:
     """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if _raw.handles(source):
+        image = Image.fromarray(_raw.load_rgb(source, min_side=size))
+        image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        return _to_array(image)
 
     def draft_box(width: int, height: int) -> tuple[int, int]:
         # Keep at least 2x the final thumbnail in each stored dimension (Pillow's own reducing_gap=2 rule);
@@ -178,6 +188,8 @@ def read_info(source: Source, *, max_pixels: int | None = None) -> ImageInfo:
     A library scan calls this first; it applies the same ``max_pixels`` limit as :func:`load_rgb`, so a file
     accepted here will not be refused there as too large. Raises :class:`ImageDecodeError` on bad files.
     """
+    if _raw.handles(source):
+        return _raw.read_info(source, max_pixels=max_pixels)
     name, opened = _open(source)
     with opened as im:
         _check_pixels(name, im.size, max_pixels)

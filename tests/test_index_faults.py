@@ -339,5 +339,8 @@ def test_the_cli_refuses_a_newer_database_and_leaves_it_alone(tmp_path: Path, di
     Image.new("RGB", (64, 64), "red").save(tmp_path / "photos" / "red.png")
     r = run_cli("index", str(tmp_path / "photos"), "--library", "future", home=dinoscope_home)
     assert r.returncode == 2
-    assert "was created by a newer Dinoscope (schema 7, this version reads up to 1); upgrade Dinoscope" in r.stderr
+    from engine.store.schema import SCHEMA_VERSION
+
+    assert (f"was created by a newer Dinoscope (schema 7, this version reads up to {SCHEMA_VERSION}); "
+            "upgrade Dinoscope") in r.stderr
     assert db.read_bytes() == before

@@ -17,7 +17,7 @@ from engine.store import Library, LibraryVersionError, StoreError
 from engine.store import schema as schema_mod
 from engine.store.regions import N_REGIONS, pool_regions, region_boxes
 from engine.store.scan import FolderScan, FoundFile, KnownImage, compare, scan_folder
-from engine.store.schema import Embedding, Folder, Image, Label, Model, Region, Thumbnail
+from engine.store.schema import SCHEMA_VERSION, Embedding, Folder, Image, Label, Model, Region, Thumbnail
 from engine.store.vectors import VectorIndex, file_paths, ids_checksum, library_vectors, vector_index
 
 
@@ -61,7 +61,7 @@ def test_a_new_library_is_wal_with_a_schema_version(dinoscope_home: Path) -> Non
         assert lib.db_path.is_file()
     con = sqlite3.connect(dinoscope_home / "libraries" / "holidays" / "library.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"folders", "images", "thumbnails", "models", "embeddings", "regions", "labels", "map_coords",
             "clusters", "meta"} <= tables
@@ -87,7 +87,8 @@ def test_a_database_from_a_newer_version_is_refused_and_left_untouched(dinoscope
     before, mtime = db.read_bytes(), db.stat().st_mtime_ns
     with pytest.raises(LibraryVersionError) as err:
         Library.open("future")
-    assert "newer Dinoscope (schema 999, this version reads up to 1); upgrade Dinoscope" in str(err.value)
+    expected = f"newer Dinoscope (schema 999, this version reads up to {SCHEMA_VERSION}); upgrade Dinoscope"
+    assert expected in str(err.value)
     assert db.read_bytes() == before and db.stat().st_mtime_ns == mtime
 
 
@@ -96,7 +97,7 @@ def test_migrations_run_in_order_from_an_older_version(tmp_path: Path, monkeypat
         lib.add_folder(tmp_path)
     calls = []
 
-    def to_v2(conn) -> None:
+    def to_v2(conn) -> None:  # "v2" and "v3": the two versions after the current one
         calls.append(2)
         conn.exec_driver_sql("ALTER TABLE images ADD COLUMN rating INTEGER")
 
@@ -104,14 +105,14 @@ def test_migrations_run_in_order_from_an_older_version(tmp_path: Path, monkeypat
         calls.append(3)
         conn.exec_driver_sql("CREATE TABLE albums (id INTEGER PRIMARY KEY, name TEXT)")
 
-    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(schema_mod.MIGRATIONS, 2, to_v2)
-    monkeypatch.setitem(schema_mod.MIGRATIONS, 3, to_v3)
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
+    monkeypatch.setitem(schema_mod.MIGRATIONS, SCHEMA_VERSION + 1, to_v2)
+    monkeypatch.setitem(schema_mod.MIGRATIONS, SCHEMA_VERSION + 2, to_v3)
     with Library.open(tmp_path / "lib") as lib:
         assert [f.path for f in lib.folders()] == [str(tmp_path.resolve())]  # the data survived
     assert calls == [2, 3]
     con = sqlite3.connect(tmp_path / "lib" / "library.db")
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION + 2)
     assert "rating" in [r[1] for r in con.execute("PRAGMA table_info(images)")]
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'albums'").fetchone()[0] == 1
 
@@ -123,12 +124,12 @@ def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest
         conn.exec_driver_sql("ALTER TABLE images ADD COLUMN rating INTEGER")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema_mod.MIGRATIONS, 2, broken)
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(schema_mod.MIGRATIONS, SCHEMA_VERSION + 1, broken)
     with pytest.raises(RuntimeError, match="migration bug"):
         Library.open(tmp_path / "lib")
     con = sqlite3.connect(tmp_path / "lib" / "library.db")
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert "rating" not in [r[1] for r in con.execute("PRAGMA table_info(images)")]
 
 

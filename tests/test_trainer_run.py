@@ -142,7 +142,8 @@ def test_resume_gives_identical_losses_with_and_without_workers(photos: Path, tm
     stop = threading.Event()
     seen: list[tuple[int, int | None]] = []
     with pytest.raises(Cancelled, match="after step 3 of 6; checkpoint saved"):  # the step in progress finishes
-        train(cfg, tmp_path / "stopped", log_every=1, cancel=stop.is_set, progress=lambda p: seen.append((p.done, p.total)),
+        train(cfg, tmp_path / "stopped", log_every=1, cancel=stop.is_set,
+              progress=lambda p: seen.append((p.done, p.total)),
               log=lambda e: stop.set() if e.get("event") == "train" and e["step"] == 2 else None)
     assert seen == [(1, 6), (2, 6), (3, 6)]
     assert Run(tmp_path / "stopped").checkpoints()[-1][0] == 3

@@ -37,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="check every page of the library database (SQLite integrity_check) and exit")
     p.add_argument("--commit-every", type=int, default=256, help=argparse.SUPPRESS)  # tests: small batches
+    p.add_argument("--watch", action="store_true",
+                   help="after indexing, keep following the folders (new, changed, moved, deleted photos) until "
+                        "Ctrl+C; search, dedup, map and the GUI keep working meanwhile")
+    p.add_argument("--quiet-s", type=float, default=None, help=argparse.SUPPRESS)  # tests: shorter debounce
 
 
 def _check(library: str) -> int:
@@ -136,6 +140,39 @@ class _Progress:
             self.bar = None
 
 
+def _watch(lib, model, args: argparse.Namespace) -> int:
+    """Follow the library's folders until Ctrl+C (130; everything finished is committed)."""
+    import time
+
+    from engine.watch import QUIET_S, watch_library
+
+    def batch_line(batch) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if batch.error:
+            print(f"{stamp} error: {batch.error} (will retry)", file=sys.stderr)
+            return
+        report = batch.report
+        for path, reason in report.errors:
+            print(f"unreadable: {path}: {reason}", file=sys.stderr)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if report.new or report.changed or report.moved or report.deleted or report.failed or report.embedded:
+            print(f"{stamp} {report.summary()}", flush=True)
+
+    print(f"watching {len(lib.folders())} folder(s) of library '{lib.name}' (Ctrl+C to stop)", flush=True)
+    try:
+        with _Interrupt() as interrupt:
+            watch_library(lib, model, on_batch=batch_line, cancel=lambda: interrupt.requested,
+                          on_notice=lambda n: print(f"warning: {n.message}", file=sys.stderr, flush=True),
+                          quiet_s=args.quiet_s or QUIET_S, batch_size=args.batch, device=args.device,
+                          precision=args.dtype, commit_every=args.commit_every, workers=args.workers,
+                          model_name=args.model)
+    except KeyboardInterrupt:
+        pass
+    print("stopped watching; everything seen so far is in the library", file=sys.stderr)
+    return 130
+
+
 def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(args.library)
@@ -204,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         if counts["error"]:
             print(f"{counts['error']} unreadable file(s) in the library: python -m app index --errors "
                   f"--library {args.library}", file=sys.stderr)
+        if args.watch and not report.cancelled:
+            return _watch(lib, model, args)
     if report.cancelled:
         return 130
     if report.failed or report.index_error or report.missing_folders:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, false, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 
@@ -35,7 +35,7 @@ from engine.imageio import ImageDecodeError, ImageInfo, load_rgb, read_info
 from engine.progress import Cancelled, Progress, ProgressFn
 from engine.store.library import Library, ModelRecord
 from engine.store.regions import pool_regions
-from engine.store.scan import FolderScan, FoundFile, KnownImage, Plan, compare, scan_folders
+from engine.store.scan import FolderScan, FoundFile, KnownImage, Plan, compare, in_part, scan_dirs, scan_folders
 from engine.store.schema import Embedding, Image, Model, Region, StoreError, Thumbnail, utcnow
 from engine.transforms import eval_transform
 
@@ -228,6 +228,14 @@ def prepare(job: _Job, missing_hashes: frozenset[str] = frozenset()) -> _Prepare
 # ------------------------------------------------------------------------------------------------ DB writes
 
 
+def _link_raws(lib: Library, links: list[tuple[int, str | None]]) -> None:
+    """Record a RAW twin that appeared beside (or vanished from beside) an unchanged JPEG: no pixel is re-read."""
+    if links:
+        with lib.write_session.begin() as s:
+            for row_id, raw_path in links:
+                s.execute(update(Image).where(Image.id == row_id).values(raw_path=raw_path))
+
+
 @dataclass
 class _Write:
     """Everything one file changes in the database; a batch of these is one transaction."""
@@ -243,7 +251,7 @@ class _Write:
 def _image_fields(prep: _Prepared) -> dict:
     f = prep.job.file
     fields = {"path": f.path, "folder_id": prep.job.folder_id, "size": f.size, "mtime_ns": f.mtime_ns,
-              "content_hash": prep.hash, "indexed_at": utcnow()}
+              "content_hash": prep.hash, "indexed_at": utcnow(), "raw_path": f.raw}
     info = prep.info
     if prep.error is None and info is not None:
         fields.update(width=info.width, height=info.height, orientation=info.orientation,
@@ -323,14 +331,25 @@ class _Writer:
 # ---------------------------------------------------------------------------------------------- the pipeline
 
 
-def _known_images(lib: Library, folder_ids: list[int], model_id: int) -> list[KnownImage]:
+def _known_images(lib: Library, folder_ids: list[int], model_id: int,
+                  only: list[tuple[str, bool]] | None = None) -> list[KnownImage]:
+    """The rows of these folders; with `only` (a watcher's partial run), just those in the given parts."""
+    q = select(Image.id, Image.path, Image.folder_id, Image.size, Image.mtime_ns, Image.content_hash,
+               Image.status, Image.raw_path).where(Image.folder_id.in_(folder_ids))
+    if only is not None and len(only) <= 64:  # path ranges use the path index; past 64 parts filter in Python
+        q = q.where(or_(false(), *[Image.path.between(d + os.sep, d + chr(ord(os.sep) + 1)) for d, _ in only]))
     with lib.session() as s:
-        embedded = set(s.scalars(select(Embedding.image_id).where(Embedding.model_id == model_id)))
-        rows = s.execute(
-            select(Image.id, Image.path, Image.folder_id, Image.size, Image.mtime_ns, Image.content_hash,
-                   Image.status).where(Image.folder_id.in_(folder_ids))
-        ).all()
-    return [KnownImage(*r, has_embedding=r[0] in embedded) for r in rows]
+        rows = s.execute(q).all()
+        if only is not None:
+            rows = [r for r in rows if any(in_part(r[1], d, deep) for d, deep in only)]
+        ids = [r[0] for r in rows]
+        has_model = select(Embedding.image_id).where(Embedding.model_id == model_id)
+        if only is None:  # a full run: one scan of this model's rows
+            embedded = set(s.scalars(has_model))
+        else:
+            embedded = {i for start in range(0, len(ids), 500)
+                        for i in s.scalars(has_model.where(Embedding.image_id.in_(ids[start : start + 500])))}
+    return [KnownImage(*r[:7], has_embedding=r[0] in embedded, raw_path=r[7]) for r in rows]
 
 
 def _load_model(model: torch.nn.Module | str | os.PathLike) -> tuple[torch.nn.Module, str]:
@@ -355,13 +374,15 @@ def index_library(
     workers: int | None = None,
     model_name: str | None = None,
     backend: str = "auto",
+    only: list[tuple[str, bool]] | None = None,
 ) -> IndexReport:
     """Bring the library up to date with its folders (or add `folders` first and index only those) for one model.
 
     Holds the library lock for the whole run (LibraryBusyError if another process indexes it). Unreadable files
     become 'error' rows and never stop the run. `cancel()` is checked between batches: the run then commits what
     is done, updates the vector files and returns with `cancelled=True`; nothing is deleted in a cancelled run,
-    since an unseen "missing" file may yet turn up moved.
+    since an unseen "missing" file may yet turn up moved. `only` limits the run to some (folder, recursive)
+    parts of the library's folders: what a folder watcher saw change.
     """
     from engine.extract import Extractor
 
@@ -400,7 +421,10 @@ def index_library(
         if progress is not None:
             progress(Progress(0, None, phase="scan"))
         try:
-            scans = scan_folders([r.path for r in roots], on_file)
+            if only is None:
+                scans = scan_folders([r.path for r in roots], on_file)
+            else:
+                scans = [scan_dirs(r.path, only) for r in roots]
         except Cancelled:
             report.cancelled = True
             report.seconds = time.perf_counter() - start
@@ -414,7 +438,8 @@ def index_library(
                 report.warnings.append(f"{folder}: skipped ({reason}); its images are kept")
         if progress is not None:
             progress(Progress(found[0], found[0], phase="scan"))
-        plan = compare(pairs, _known_images(lib, [r.id for r in roots], model.id))
+        plan = compare(pairs, _known_images(lib, [r.id for r in roots], model.id,
+                                            None if only is None else [p for s in scans for p in s.only or []]))
         report.unchanged, report.protected = plan.unchanged, plan.protected
 
         run = _Run(lib, model, plan, extractor, report, progress, cancel, commit_every)
@@ -425,6 +450,7 @@ def index_library(
             raise
         if not report.cancelled:
             report.deleted = run.delete_missing(pairs)
+        _link_raws(lib, plan.raw_links)
 
         # ---- vectors: rebuild every model whose rows changed (changed files dropped other models' vectors too)
         from engine.store.vectors import VectorIndex
@@ -621,7 +647,7 @@ class _Run:
         self.report.moved += 1
         f = prep.job.file
         write = _Write(row.id, {"path": f.path, "folder_id": prep.job.folder_id, "size": f.size,
-                                "mtime_ns": f.mtime_ns})
+                                "mtime_ns": f.mtime_ns, "raw_path": f.raw})
         if row.status == "ok" and not row.has_embedding:  # moved and, until now, never seen by this model
             again = prepare(_Job("embed", f, prep.job.folder_id, row))
             if again.tensor is not None:

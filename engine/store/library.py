@@ -83,6 +83,7 @@ class ImageRecord:
     status: str
     error: str | None
     indexed_at: datetime | None
+    raw_path: str | None = None  # the camera RAW shown through this JPEG (same stem, same folder)
 
     @classmethod
     def of(cls, row: Image) -> ImageRecord:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine.imageio import SUPPORTED_EXTENSIONS
+from engine.raw import RAW_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class FoundFile:
     size: int
     mtime_ns: int
     problem: str | None = None
+    raw: str | None = None  # the camera RAW with this JPEG's stem in its folder: one photo, the JPEG shown
 
 
 @dataclass
@@ -32,12 +34,20 @@ class FolderScan:
     exists: bool
     files: list[FoundFile] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason), skipped with a warning
+    only: list[tuple[str, bool]] | None = None  # a partial scan (scan_dirs): these (folder, recursive) alone
 
     def covers(self, path: str) -> bool:
         """True when the walk saw everything that could be at `path` (so its absence means it is gone)."""
         if not self.exists:
             return False
+        if self.only is not None and not any(in_part(path, d, deep) for d, deep in self.only):
+            return False
         return not any(_is_within(path, folder) for folder, _ in self.unreadable)
+
+
+def in_part(path: str, folder: str, deep: bool) -> bool:
+    """Whether `path` lies in `folder` (anywhere below it when `deep`, else directly in it)."""
+    return _is_within(path, folder) if deep else os.path.dirname(path) == folder
 
 
 def _is_within(path: str, folder: str) -> bool:
@@ -131,8 +141,32 @@ def scan_folder(
             if on_file is not None:
                 on_file(1)
         stack.extend(reversed(subdirs))
-    scan.files = sorted([f for _, f in by_inode.values()] + loose, key=lambda f: f.path)
+    scan.files = pair_raw_files(sorted([f for _, f in by_inode.values()] + loose, key=lambda f: f.path))
     return scan
+
+
+_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe"})
+
+
+def pair_raw_files(files: list[FoundFile]) -> list[FoundFile]:
+    """Fold each RAW that has a JPEG of the same stem (case aside) in the same folder into that JPEG: a camera's
+    RAW+JPEG mode writes one photo twice, and it should be shown, searched and embedded once."""
+    jpegs: dict[str, int] = {}
+    for i, f in enumerate(files):
+        stem, ext = os.path.splitext(f.path)
+        if ext.lower() in _JPEG_EXTENSIONS and f.problem is None:
+            jpegs.setdefault(stem.lower(), i)
+    if not jpegs:
+        return files
+    out = list(files)
+    folded: set[int] = set()
+    for i, f in enumerate(files):
+        stem, ext = os.path.splitext(f.path)
+        j = jpegs.get(stem.lower())
+        if ext.lower() in RAW_EXTENSIONS and j is not None and out[j].raw is None:
+            out[j] = FoundFile(out[j].path, out[j].size, out[j].mtime_ns, None, f.path)
+            folded.add(i)
+    return [f for i, f in enumerate(out) if i not in folded]
 
 
 def _stat_file(entry: os.DirEntry) -> tuple[FoundFile, tuple[int, int] | None]:
@@ -157,6 +191,45 @@ def _stat_file(entry: os.DirEntry) -> tuple[FoundFile, tuple[int, int] | None]:
     return FoundFile(entry.path, st.st_size, st.st_mtime_ns), (st.st_dev, st.st_ino)
 
 
+def scan_dirs(root: str, dirs: Iterable[tuple[str, bool]]) -> FolderScan:
+    """A partial scan of `root`: only the given (folder, recursive) parts of it, for a watcher that knows where
+    things changed. A part that no longer exists is simply empty (its rows are gone), as long as `root` exists."""
+    parts = {(d, deep) for d, deep in dirs if _is_within(d, root)}
+    recursive = [d for d, deep in parts if deep]
+    # Drop the parts that a recursive part already holds (a folder below it, or the same folder listed flat).
+    parts = {(d, deep) for d, deep in parts if not any(_is_within(d, r) and (r != d or not deep) for r in recursive)}
+    scan = FolderScan(root=root, exists=os.path.isdir(root), only=sorted(parts))
+    if not scan.exists:
+        return scan
+    found: list[FoundFile] = []
+    visited: set[tuple[int, int]] = set()
+    for folder, deep in scan.only or []:
+        if deep:
+            sub = scan_folder(folder, visited)
+            found += sub.files
+            scan.unreadable += sub.unreadable
+            continue
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            scan.unreadable.append((folder, _reason(exc)))
+            continue
+        loose = [_stat_file(e)[0] for e in entries if is_candidate(e.name) and not _is_dir(e)]
+        found += pair_raw_files(loose)
+    scan.files = sorted({f.path: f for f in found}.values(), key=lambda f: f.path)
+    return scan
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
 def scan_folders(roots: Iterable[str], on_file: Callable[[int], None] | None = None) -> list[FolderScan]:
     """Walk every root; a directory reachable from two roots (through links) is walked once."""
     visited: set[tuple[int, int]] = set()
@@ -178,6 +251,7 @@ class KnownImage:
     content_hash: str | None
     status: str
     has_embedding: bool  # for the model being indexed
+    raw_path: str | None = None
 
 
 @dataclass
@@ -188,6 +262,7 @@ class Plan:
     unchanged: int = 0
     missing: list[KnownImage] = field(default_factory=list)  # gone from a fully seen folder: moved or deleted
     protected: int = 0  # not seen, but under a folder that could not be read: kept as they are
+    raw_links: list[tuple[int, str | None]] = field(default_factory=list)  # (row id, RAW twin) that changed
 
 
 def compare(scans: list[tuple[FolderScan, int]], known: Iterable[KnownImage]) -> Plan:
@@ -199,6 +274,8 @@ def compare(scans: list[tuple[FolderScan, int]], known: Iterable[KnownImage]) ->
         for f in scan.files:
             seen.add(f.path)
             row = by_path.get(f.path)
+            if row is not None and row.raw_path != f.raw:
+                plan.raw_links.append((row.id, f.raw))
             if row is None:
                 plan.new.append((f, folder_id))
             elif row.size != f.size or row.mtime_ns != f.mtime_ns or row.status == "pending":

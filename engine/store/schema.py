@@ -51,7 +51,7 @@ LIBRARY_ID_KEY = "library_id"
 """meta key of a random id given to a library when it is created: derived files record it, so files copied from
 another library, or left behind when library.db was deleted and created anew, are never taken for this one's."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this code writes. Bump it and register a migration in MIGRATIONS when a table changes."""
 
 STATUSES = ("pending", "ok", "error")
@@ -183,6 +183,7 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(8), default="pending")
     error: Mapped[str | None] = mapped_column(FsText)  # names the file, so it may hold its undecodable bytes
     indexed_at: Mapped[datetime | None] = mapped_column()
+    raw_path: Mapped[str | None] = mapped_column(Text)  # a camera RAW beside this JPEG (same stem): one photo
 
 
 class Thumbnail(Base):
@@ -265,6 +266,25 @@ class Cluster(Base):
     cluster: Mapped[int] = mapped_column(Integer)
 
 
+class StackMember(Base):
+    """A photo's stack under a model (engine/stacks.py): near-identical copies, or a burst (same scene, same folder,
+    seconds apart). Every photo that has been through stacking has a row (one on its own is a stack of size 1);
+    stack_id is the cover's image id. Deleted with the embedding, so a re-embedded photo is stacked again."""
+
+    __tablename__ = "stack_members"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model_id", "image_id"], ["embeddings.model_id", "embeddings.image_id"], ondelete="CASCADE"
+        ),
+        Index("ix_stack_members_stack", "model_id", "stack_id"),
+        Index("ix_stack_members_image", "image_id"),
+    )
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(primary_key=True)
+    stack_id: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)  # members when last written: fewer rows now = a member was removed
+
+
 _REVISION_TRIGGERS = (
     """CREATE TRIGGER embeddings_revision_insert AFTER INSERT ON embeddings
        BEGIN UPDATE models SET revision = revision + 1 WHERE id = NEW.model_id; END""",
@@ -278,11 +298,19 @@ _REVISION_TRIGGERS = (
 
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _add_raw_pairs_and_stacks(conn: Connection) -> None:
+    """Schema 2: a JPEG row may carry its RAW twin's path, and stacks of near-identical photos and bursts."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN raw_path TEXT")
+    StackMember.__table__.create(conn)
+
+
+MIGRATIONS: dict[int, Migration] = {2: _add_raw_pairs_and_stacks}
 """target version -> function that upgrades a database at version target-1, run inside one transaction.
 
 A new database is created directly at SCHEMA_VERSION from the ORM above; migrations only ever run on files that
-were written by an older Dinoscope. Version 1 is the first released schema, so nothing is registered yet.
+were written by an older Dinoscope. Version 1 is the first released schema.
 """
 
 
@@ -493,6 +521,7 @@ __all__ = [
     "Meta",
     "Model",
     "Region",
+    "StackMember",
     "StoreError",
     "Thumbnail",
     "check_version",
