@@ -197,6 +197,7 @@ def run_query(
     model_id: int | None = None,
     filter: Iterable[int] | None = None,
     include_queries: bool = False,
+    fold_stacks: bool = True,
     also: np.ndarray | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> QueryOutcome:
@@ -206,6 +207,8 @@ def run_query(
     embedded). `model_id` is the library's model to search (default: the one `model` matches, which loads it).
     `also` holds more query vectors in the same space, already embedded (dino.txt words: engine.text.query),
     averaged in with the photos' (normalised first, so each counts once); with it, no photo is needed.
+    `fold_stacks`: near-identical copies and bursts (engine.stacks) show as their best-ranked member, the others
+    listed in its `stack`; k counts stacks then.
     Raises ValueError for bad arguments (k < 1, a region together with other inputs, no query at all).
     """
     from engine.imageio import ImageDecodeError
@@ -235,8 +238,10 @@ def run_query(
     exclude = () if include_queries else outcome.in_library
     raise_if_cancelled(cancel)
 
+    fetch = k * 3 if fold_stacks else k  # folding merges stack members: ask for more, keep k stacks
     if region is not None:
-        return _run_region(lib, model, model_id, region, reads, outcome, k, exclude, filter, extra)
+        _run_region(lib, model, model_id, region, reads, outcome, fetch, exclude, filter, extra)
+        return _folded(lib, outcome, k, fold_stacks)
 
     vectors: list[np.ndarray] = [extra] if len(extra) else []
     stored = [(i, r) for i, r in reads if r.image_id is not None]
@@ -268,7 +273,16 @@ def run_query(
         return outcome
     raise_if_cancelled(cancel)
     queries = np.concatenate(vectors).astype(np.float32, copy=False)
-    outcome.results = search_by_vectors(lib, model_id, queries, k, exclude_ids=exclude, filter=filter)
+    outcome.results = search_by_vectors(lib, model_id, queries, fetch, exclude_ids=exclude, filter=filter)
+    return _folded(lib, outcome, k, fold_stacks)
+
+
+def _folded(lib: Library, outcome: QueryOutcome, k: int, fold: bool) -> QueryOutcome:
+    if fold and outcome.results and outcome.model_id is not None:
+        from engine.stacks import fold_results
+
+        outcome.results = fold_results(lib, outcome.model_id, outcome.results)
+    outcome.results = outcome.results[:k]
     return outcome
 
 

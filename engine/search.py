@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +45,7 @@ class SearchResult:
     score: float
     rank: int
     box: Box | None = None
+    stack: list[str] = field(default_factory=list)  # paths of the other photos of its stack (engine.stacks)
 
 
 # ------------------------------------------------------------------------------------------------- models

@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from engine.dedup import NEAR, SCENE, Components, _keeper_order
-from engine.progress import raise_if_cancelled
+from engine.progress import ProgressFn, Stopwatch, raise_if_cancelled
 from engine.store.schema import Embedding, Image, Meta, StackMember
 from engine.store.vectors import vector_index
 
@@ -181,7 +181,7 @@ def _rows_key(model_id: int) -> str:
 
 
 def update_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(), *,
-                  progress: Callable[[int, int | None], None] | None = None,
+                  progress: ProgressFn | None = None,
                   cancel: Callable[[], bool] | None = None) -> StackUpdate:
     """Bring the stacks up to date with the photos the model has vectors for: repair stacks that lost members,
     then fold each new photo in from its k nearest neighbours. Cheap when little changed."""
@@ -191,6 +191,7 @@ def update_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(),
     if known is None or int(known.value) != _count_rows(lib, model_id):  # rows only vanish by cascade
         out.repaired = _repair(lib, model_id, rules)
     new = _unstacked(lib, model_id)
+    clock = Stopwatch()
     if new:
         index = vector_index(lib, model_id)
         ids, vectors = index.ids(), index.vectors()
@@ -199,7 +200,7 @@ def update_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(),
             out.touched += _add(lib, model_id, new[start : start + QUERY_BLOCK], index, ids, vectors, rules)
             out.added += len(new[start : start + QUERY_BLOCK])
             if progress is not None:
-                progress(out.added, len(new))
+                progress(clock(out.added, len(new), phase="stacking"))
     with lib.write_session.begin() as s:
         s.merge(Meta(key=_rows_key(model_id), value=str(_count_rows(lib, model_id))))
     return out
@@ -246,7 +247,7 @@ def _add(lib: Library, model_id: int, new: list[int], index, ids: np.ndarray, ve
 
 
 def rebuild_stacks(lib: Library, model_id: int, rules: StackRules = StackRules(), *,
-                   progress: Callable[[int, int | None], None] | None = None,
+                   progress: ProgressFn | None = None,
                    cancel: Callable[[], bool] | None = None) -> StackUpdate:
     """Forget the stacks and fold every photo in again (after changing the rules, or to check the incremental
     result). Each photo still costs one k-NN query."""

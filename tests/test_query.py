@@ -3,6 +3,7 @@ on a real library indexed from real photos with a tiny checkpoint."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,44 @@ def test_a_dropped_folder_gives_only_its_image_files(tmp_path) -> None:
         (many / f"{i:04d}.jpg").write_bytes(b"x")
     files, skipped = expand_inputs([many])
     assert len(files) == MAX_QUERIES and len(skipped) == 3 and "at most" in skipped[0].message
+
+
+def test_stacked_copies_fold_into_their_best_ranked_member(tmp_path, skimage_data_dir: Path, capsys) -> None:
+    """A photo and its re-encoded copy form a stack (engine.stacks); a search shows one of them, the other listed in
+    its `stack`, unless folding is turned off. The CLI's --json carries the same field."""
+
+    from app.cli import main
+    from engine.stacks import update_stacks
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for key, name in PHOTOS.items():
+        Image.open(skimage_data_dir / name).convert("RGB").resize((320, 240)).save(photos / f"{key}.jpg")
+    Image.open(photos / "coffee.jpg").save(photos / "coffee again.jpg", quality=75)  # a near-identical copy
+    torch.manual_seed(0)
+    model = DinoVisionTransformer(tiny_config()).eval()
+    ckpt = save_backbone(model, tmp_path / "tiny.pth")
+    with Library.open(tmp_path / "lib") as lib:
+        report = index_library(lib, str(ckpt), folders=[photos], precision="fp32")
+        update_stacks(lib, report.model_id)
+        coffee = lib.image_by_path(photos / "coffee.jpg").id
+        again = lib.image_by_path(photos / "coffee again.jpg").id
+        folded = run_query(lib, Extractor(model, precision="fp32"), [LibraryPhoto(coffee)], k=10,
+                           model_id=report.model_id, include_queries=True)
+        flat = run_query(lib, Extractor(model, precision="fp32"), [LibraryPhoto(coffee)], k=10,
+                         model_id=report.model_id, include_queries=True, fold_stacks=False)
+    assert {coffee, again} <= {r.image_id for r in flat.results} and len(flat.results) == 7
+    assert len(folded.results) == 6 and [r.rank for r in folded.results] == list(range(1, 7))
+    top = folded.results[0]
+    assert top.image_id == coffee and top.stack == [str(photos / "coffee again.jpg")]
+    assert again not in {r.image_id for r in folded.results}
+    query = tmp_path / "query.png"  # not the library's bytes: embedded, and the stack comes first
+    Image.open(photos / "coffee.jpg").save(query)
+    args = ["search", str(query), "--library", str(tmp_path / "lib"), "--json", "--k", "3"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and Path(rows[0]["path"]).name in ("coffee.jpg", "coffee again.jpg")
+    assert len(rows[0]["stack"]) == 1 and all("stack" not in r for r in rows[1:])
+    assert main([*args, "--no-stack"]) == 0
+    flat_rows = json.loads(capsys.readouterr().out)
+    assert {Path(r["path"]).name for r in flat_rows[:2]} == {"coffee.jpg", "coffee again.jpg"}

@@ -232,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         progress.close()
+        if not report.cancelled and report.model_id is not None:  # new photos join their stacks (engine.stacks)
+            from engine.stacks import update_stacks
+
+            update_stacks(lib, report.model_id)
         for path, reason in report.errors:
             print(f"unreadable: {shown(path)}: {shown(reason)}", file=sys.stderr)
         for warning in report.warnings:

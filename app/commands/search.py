@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="search by this box of the (single) query image, in its pixels")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (for embedding the queries)")
     add_backend_argument(p)
+    p.add_argument("--no-stack", action="store_true",
+                   help="list every photo; by default near-identical copies and bursts fold into their best-ranked "
+                        "member (JSON: its \"stack\" lists the others)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {rank, score, path, image_id, box}")
     p.add_argument("--text", default=None, metavar="WORDS",
                    help="search by words with dino.txt (combines with IMAGEs: the mean of the normalised queries); "
@@ -72,6 +75,8 @@ def _print(results, as_json: bool) -> None:
         rows = []
         for r in results:
             row = {"rank": r.rank, "score": round(r.score, 6), "path": r.path, "image_id": r.image_id}
+            if r.stack:
+                row["stack"] = list(r.stack)
             if r.box is not None:
                 row["box"] = [round(v, 1) for v in r.box]
             rows.append(row)
@@ -83,7 +88,8 @@ def _print(results, as_json: bool) -> None:
         box = ""
         if with_box:
             box = f"{','.join(f'{v:.0f}' for v in r.box):<24}  " if r.box is not None else " " * 26
-        print(f"{r.rank:>4}  {r.score:6.3f}  {box}{shown(r.path)}")  # a newline or bad bytes in a name: escaped
+        more = f"  (+{len(r.stack)} in its stack)" if r.stack else ""
+        print(f"{r.rank:>4}  {r.score:6.3f}  {box}{shown(r.path)}{more}")  # a newline or bad bytes: escaped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = run_query(lib, lambda: load_model(record, args.model, args.device, args.backend), files,
                                 region=region,
-                                k=args.k, model_id=record.id)
+                                k=args.k, model_id=record.id, fold_stacks=not args.no_stack)
         except (StoreError, ValueError, RuntimeError) as e:  # bad arguments; a bad checkpoint or failed download
             print(f"error: {e}", file=sys.stderr)
             return 2

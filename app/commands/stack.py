@@ -52,16 +52,10 @@ def run(args: argparse.Namespace) -> int:
     rules = StackRules(near=args.near, scene=args.scene, window_s=args.window)
     with lib:
         bar = ProgressBar("stacking", unit="photos")
-        last = [0, None]
-
-        def progress(done: int, total: int | None) -> None:
-            last[:] = [done, total]
-            bar.update(done, total)
-
         try:
             with lib.lock("stack"):
                 fn = rebuild_stacks if args.rebuild else update_stacks
-                result = fn(lib, record.id, rules, progress=progress)
+                result = fn(lib, record.id, rules, progress=bar)
         except LibraryBusyError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -71,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         except (Cancelled, KeyboardInterrupt):
             print("\ninterrupted; the stacks finished so far are kept", file=sys.stderr)
             return 130
-        if last[0]:
-            bar.close(*last)
+        bar.finish()
         found = stacks(lib, record.id)
         paths = {i: p for i, p in lib.image_paths(status=None, order_by="id")}
     if args.json:

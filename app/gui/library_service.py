@@ -30,6 +30,11 @@ def _index_task(report, cancelled, library_root: str, folders: list[str], model_
         # 42-photo sample would otherwise show "0 photos" until the end).
         result = index_library(lib, model_source, device=device, progress=progress, cancel=cancelled,
                                commit_every=LIVE_COMMIT)
+        if not result.cancelled and result.model_id is not None:
+            from engine.stacks import update_stacks
+
+            report(0, 0, "Grouping copies and bursts…")
+            update_stacks(lib, result.model_id, cancel=cancelled)  # new photos join their stacks
     if result.cancelled:
         raise Cancelled()
     return result
