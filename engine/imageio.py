@@ -12,6 +12,9 @@ Dinoscope can rely on a single contract:
 Pillow does the work; pillow-heif adds HEIC/HEIF when installed. Pillow 11.2+ reads AVIF by itself (pillow-heif 1.x
 no longer does). Importing this module is cheap: Pillow's format plugins and pillow-heif (~35 ms) are loaded on the
 first decode, not at import time.
+
+Why this file is long: one decoder for every format behind the same guards (header-first size and aspect
+checks, EXIF orientation, reduced JPEG decode, HEIC/AVIF), so every caller gets the same refusals; RAW is engine.raw.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine.store import Library, LibraryVersionError, StoreError
+from engine.store import database as database_mod
 from engine.store import schema as schema_mod
 from engine.store.regions import N_REGIONS, pool_regions, region_boxes
 from engine.store.scan import FolderScan, FoundFile, KnownImage, compare, scan_folder
@@ -106,8 +107,8 @@ def test_migrations_run_in_order_from_an_older_version(tmp_path: Path, monkeypat
         conn.exec_driver_sql("CREATE TABLE albums (id INTEGER PRIMARY KEY, name TEXT)")
 
     monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
-    monkeypatch.setitem(schema_mod.MIGRATIONS, SCHEMA_VERSION + 1, to_v2)
-    monkeypatch.setitem(schema_mod.MIGRATIONS, SCHEMA_VERSION + 2, to_v3)
+    monkeypatch.setitem(database_mod.MIGRATIONS, SCHEMA_VERSION + 1, to_v2)
+    monkeypatch.setitem(database_mod.MIGRATIONS, SCHEMA_VERSION + 2, to_v3)
     with Library.open(tmp_path / "lib") as lib:
         assert [f.path for f in lib.folders()] == [str(tmp_path.resolve())]  # the data survived
     assert calls == [2, 3]
@@ -125,7 +126,7 @@ def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest
         raise RuntimeError("migration bug")
 
     monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setitem(schema_mod.MIGRATIONS, SCHEMA_VERSION + 1, broken)
+    monkeypatch.setitem(database_mod.MIGRATIONS, SCHEMA_VERSION + 1, broken)
     with pytest.raises(RuntimeError, match="migration bug"):
         Library.open(tmp_path / "lib")
     con = sqlite3.connect(tmp_path / "lib" / "library.db")

@@ -10,10 +10,10 @@ library or model).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from app.commands._library import DEVICE_HELP, add_backend_argument
+from app.commands._search_output import parse_box, print_results
 from app.progress import ProgressBar
 
 
@@ -40,19 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the library needs dino.txt vectors: index --model dinov2_vitl14_reg4_dinotxt")
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 4:
-        raise ValueError(f"--region wants four numbers X0,Y0,X1,Y1, got {text!r}")
-    try:
-        x0, y0, x1, y1 = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--region wants four numbers X0,Y0,X1,Y1, got {text!r}") from None
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"--region {text}: X1 must exceed X0 and Y1 must exceed Y0")
-    return x0, y0, x1, y1
-
-
 def load_model(record, source: str | None, device: str, backend: str = "auto"):
     """The backbone the library was indexed with, checked by its weights hash; an Extractor around it."""
     from engine.extract import Extractor
@@ -66,30 +53,6 @@ def load_model(record, source: str | None, device: str, backend: str = "auto"):
         raise ValueError(f"the weights of {given} are not the ones library vectors of model '{record.name}' were "
                          "computed with (the file changed?); index the library again with it")
     return Extractor(model, device=device, backend=backend)
-
-
-def _print(results, as_json: bool) -> None:
-    from app.display import shown
-
-    if as_json:
-        rows = []
-        for r in results:
-            row = {"rank": r.rank, "score": round(r.score, 6), "path": r.path, "image_id": r.image_id}
-            if r.stack:
-                row["stack"] = list(r.stack)
-            if r.box is not None:
-                row["box"] = [round(v, 1) for v in r.box]
-            rows.append(row)
-        print(json.dumps(rows, indent=1))
-        return
-    with_box = any(r.box is not None for r in results)
-    print(f"{'rank':>4}  {'score':>6}  " + ("box                       " if with_box else "") + "path")
-    for r in results:
-        box = ""
-        if with_box:
-            box = f"{','.join(f'{v:.0f}' for v in r.box):<24}  " if r.box is not None else " " * 26
-        more = f"  (+{len(r.stack)} in its stack)" if r.stack else ""
-        print(f"{r.rank:>4}  {r.score:6.3f}  {box}{shown(r.path)}{more}")  # a newline or bad bytes: escaped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         problems = [u.message for u in skipped + outcome.unusable]
         if outcome.used:
-            _print(outcome.results, args.json)
+            print_results(outcome.results, args.json)
             if not outcome.results:
                 print(f"no results: library '{lib.name}' has no other photos under model '{record.name}'",
                       file=sys.stderr)
@@ -151,4 +114,4 @@ def _report(problems: list[str], used: int) -> int:
     return 1 if problems else 0
 
 
-__all__ = ["add_parser", "load_model", "parse_box", "run"]
+__all__ = ["add_parser", "load_model", "run"]

@@ -14,7 +14,7 @@ from app.progress import ProgressBar
 def run_text(args: argparse.Namespace) -> int:
     """Words (and optional query images) against the library's dino.txt vectors; the logic is engine.text.query."""
     from app.commands._library import open_existing
-    from app.commands.search import _print, parse_box
+    from app.commands._search_output import parse_box, print_results
     from engine.extract import Extractor
     from engine.imageio import ImageDecodeError
     from engine.models import CheckpointError
@@ -57,7 +57,7 @@ def run_text(args: argparse.Namespace) -> int:
             return 2
         for note in query.notes:
             print(f"note: {note}", file=sys.stderr)
-        _print(outcome.results, args.json)
+        print_results(outcome.results, args.json)
         problems = [u.message for u in skipped + outcome.unusable]
         for message in problems:
             print(f"unreadable: {message}", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""The main window: library dock, tabs for browsing and searching, status bar with model, device and tasks."""
+"""The main window: library dock, tabs for browsing and searching, status bar with model, device and tasks.
+
+Why this file is long: it is the one place that wires every panel, menu, shortcut and start-up step together
+(the behaviour itself lives in the panels, library_actions and photo_actions).
+"""
 
 from __future__ import annotations
 

@@ -119,9 +119,9 @@ def _load_strict(module: torch.nn.Module, sd: dict, path: Path, role: str) -> No
 
 
 def _load_vision(files: dict[str, Path]) -> VisionTower:
-    from engine.models.loader import load_backbone
+    from engine.models.vit_loader import load_vit
 
-    backbone = load_backbone(files["backbone"], allow_download=False)
+    backbone = load_vit(files["backbone"], allow_download=False)
     if not backbone.num_register_tokens:
         raise CheckpointError(f"{files['backbone']}: a backbone without registers; dino.txt's is the ViT-L/14 "
                               "with 4 registers (dinov2_vitl14_reg4_pretrain.pth)")

@@ -8,6 +8,9 @@ vector files are rebuilt from the database at the end (or whenever they are foun
 
 Each file's bytes are read once, in a decode thread: hashed (which is how a moved file is recognised, before any
 decoding), decoded from memory, and turned into both the model input and the thumbnail from that single decode.
+
+Why this file is long: the indexing pipeline (plan, decode workers, model batches, commits, move detection,
+salvage after a kill) shares one run state, `_Run`, whose parts only make sense together.
 """
 
 from __future__ import annotations

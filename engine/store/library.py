@@ -3,6 +3,9 @@
 Reading (browsing, search) needs no lock: SQLite's WAL mode lets readers run beside the single writer. Anything
 that changes which images or folders exist (indexing, adding or removing folders) holds `library.lock`, so two
 processes never index the same library at once; the second is told who holds it.
+
+Why this file is long: `Library` is the store's whole read and bookkeeping API (folders, images, models, labels,
+settings, the writer lock) over one session factory; splitting it would scatter what one transaction needs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy.orm import sessionmaker
 
 from engine import data_home
 from engine.store import index_cache
+from engine.store.database import open_engine
 from engine.store.regions import N_REGIONS
 from engine.store.schema import (
     Embedding,
@@ -36,7 +40,6 @@ from engine.store.schema import (
     Region,
     StoreError,
     Thumbnail,
-    open_engine,
 )
 
 DEFAULT_NAME = "default"
