@@ -13,7 +13,12 @@ from engine.progress import Cancelled
 LIVE_COMMIT = 16
 
 
-def _index_task(report, cancelled, library_root: str, folders: list[str], model_source: str, device: str) -> Any:
+def _index_task(report, cancelled, library_root: str, folders: list[str], model_source: str, device: str,
+                before=None) -> Any:
+    """`before` runs first, in this worker thread (the window stops its folder watcher there: it holds the
+    library's write lock, and waiting for it to let go must not block the UI)."""
+    if before is not None:
+        before()
     from engine.store import Library
     from engine.store.indexer import index_library
 
@@ -101,5 +106,5 @@ class LibraryService(QObject):
             self.settings.remove("library/name")
         return lib.name
 
-    def index_task(self, folders: list[str], model_source: str, device: str = "auto") -> Task:
-        return Task(_index_task, str(self.library.root), folders, model_source, device, name="index")
+    def index_task(self, folders: list[str], model_source: str, device: str = "auto", before=None) -> Task:
+        return Task(_index_task, str(self.library.root), folders, model_source, device, before, name="index")

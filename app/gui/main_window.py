@@ -27,6 +27,7 @@ from app.gui.library_service import LibraryService
 from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
 from app.gui.photo_actions import PhotoActions
 from app.gui.thumbnails import ThumbnailCache
+from app.gui.watch_service import WatchService
 from app.gui.widgets.browse_tab import BrowseTab
 from app.gui.widgets.duplicates_panel import DuplicatesPanel
 from app.gui.widgets.labels_panel import LabelsPanel
@@ -64,6 +65,10 @@ class MainWindow(PhotoActions, QMainWindow):
         self.runner = TaskRunner(self)
         self.models = ModelService(self.settings, self)
         self.libraries = LibraryService(self.settings, self)
+        self.watcher = WatchService(self.settings, self)  # follows the open library's folders (Library menu)
+        self.watcher.changed.connect(lambda _batch: self.refresh_library())
+        self.watcher.notice.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.watcher.failed.connect(lambda m: self.statusBar().showMessage(m, 15000))
         self.thumbs = ThumbnailCache(self._fetch_thumbnails, parent=self)
 
         # Left: the library and its folders.
@@ -133,6 +138,7 @@ class MainWindow(PhotoActions, QMainWindow):
         self._make_menu()
         self._make_shortcuts()
         self.libraries.opened.connect(lambda _lib: self.refresh_library())
+        self.libraries.opened.connect(lambda _lib: self.watch_library())
         if open_library_now:
             self._open_start_library()
 
@@ -201,6 +207,7 @@ class MainWindow(PhotoActions, QMainWindow):
         self._search_pending()
         if self._indexing is None or self._indexing.outcome is not None:  # an indexing run loads it anyway
             self.runner.start(Task(lambda _r, _c: self.models.warm_up(self.libraries.library), name="warm-up"))
+            self.watch_library()
 
     def _make_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -227,6 +234,11 @@ class MainWindow(PhotoActions, QMainWindow):
             self.addAction(action)
         self.library_menu = self.menuBar().addMenu("&Library")
         self.library_actions.fill_menu(self.library_menu)
+        watch = QAction("&Watch folders for changes", self, checkable=True)
+        watch.setToolTip("New, changed, moved and deleted photos appear without a restart")
+        watch.setChecked(self.watcher.enabled)
+        watch.toggled.connect(self._set_watching)
+        self.library_menu.addAction(watch)
         model_menu = self.menuBar().addMenu("&Model")
         manage = QAction("&Models…", self)
         manage.triggered.connect(self.show_models)
@@ -313,7 +325,8 @@ class MainWindow(PhotoActions, QMainWindow):
     def add_folder(self, path: str) -> Task | None:
         if self.libraries.library is None:
             return None
-        task = self.libraries.index_task([path], self.models.source, self.models.device_name)
+        task = self.libraries.index_task([path], self.models.source, self.models.device_name,
+                                         before=self.watcher.stop)
         self._indexing = task
         return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
@@ -323,7 +336,7 @@ class MainWindow(PhotoActions, QMainWindow):
         lib = self.libraries.library
         if lib is None:
             return None
-        task = self.libraries.index_task([], self.models.source, self.models.device_name)
+        task = self.libraries.index_task([], self.models.source, self.models.device_name, before=self.watcher.stop)
         self._indexing = task
         return self.run_task(task, "Updating the library", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
@@ -349,6 +362,21 @@ class MainWindow(PhotoActions, QMainWindow):
     def _indexing_ended(self) -> None:
         self.browse.indexing = False
         self.refresh_library()
+        self.watch_library()
+
+    def _set_watching(self, on: bool) -> None:
+        self.watcher.set_enabled(on)
+        if on:
+            self.watch_library()
+
+    def watch_library(self) -> None:
+        """Follow the open library's folders (new, changed, moved, deleted photos appear without a restart),
+        unless the setting is off, the window is not shown yet, or the window is indexing itself."""
+        lib = self.libraries.library
+        if lib is None or not self._shown or (self._indexing is not None and self._indexing.outcome is None):
+            return
+        if self.models.available_locally():
+            self.watcher.start(str(lib.root), self.models.source, self.models.device_name)
 
     def show_errors(self) -> None:
         lib = self.libraries.library
@@ -484,6 +512,7 @@ class MainWindow(PhotoActions, QMainWindow):
         return box
 
     def closeEvent(self, event) -> None:
+        self.watcher.stop(timeout=5.0)
         self.runner.cancel_all()
         self.runner.wait(5000)
         self.thumbs.wait()

@@ -9,6 +9,7 @@ signals emitted from another thread), so the grid, map and search can reload.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 
@@ -47,6 +48,9 @@ class WatchService(QObject):
     # ------------------------------------------------------------------------------------------------ switch
     @property
     def enabled(self) -> bool:
+        """The setting (default on); DINOSCOPE_WATCH=0 in the environment turns it off for this process."""
+        if os.environ.get("DINOSCOPE_WATCH", "").strip() == "0":
+            return False
         return bool(self.settings.value(SETTING, True, type=bool))
 
     def set_enabled(self, on: bool) -> None:

@@ -13,6 +13,13 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True)
+def _no_folder_watching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows in GUI tests do not follow their folders (a watcher holds the library's write lock, which tests
+    that index beside the window need); tests/gui/test_watch_window.py turns it back on."""
+    monkeypatch.setenv("DINOSCOPE_WATCH", "0")
+
+
 @pytest.fixture
 def zoo_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A loopback HTTP server with the official folder layout; DINOSCOPE_ZOO_URL points at it."""

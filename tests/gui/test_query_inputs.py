@@ -147,3 +147,28 @@ def test_enter_opens_left_right_walk_the_list_escape_goes_back(qtbot, window) ->
     assert win.viewer.path == paths[0]
     qtbot.keyClick(win.viewer, Qt.Key.Key_Escape)
     assert win.tabs.currentWidget() is win.browse
+
+
+def test_near_duplicates_are_hidden_by_default_with_a_visible_toggle(qtbot, window, tmp_path) -> None:
+    """Copies of a photo (a stack, engine.stacks) show as one result by default; unticking the toggle lists them."""
+    from engine.stacks import update_stacks
+
+    win, lib_dir, outside = window
+    Image.open(lib_dir / "coffee.jpg").save(lib_dir / "coffee again.jpg", quality=80)
+    Image.open(lib_dir / "coffee.jpg").resize((280, 210)).save(lib_dir / "coffee small.jpg", quality=85)
+    task = win.reindex()  # the window's own indexing folds new photos into stacks
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
+    assert task.outcome == "finished", task.error
+    lib = win.libraries.library
+    model_id = lib.model_by_source(win.models.source).id
+    assert update_stacks(lib, model_id).added == 0  # already stacked by the window's run
+    panel = win.search_panel
+    assert _drop(win, _urls(outside / "coffee copy.jpg"))
+    assert panel.stack_box.isVisible() and panel.stack_box.isChecked()  # on the Search tab, on by default
+    folded = _wait_results(qtbot, win)
+    coffee = [r for r in folded if "coffee" in Path(r.path).name]
+    assert len(coffee) == 1 and len(coffee[0].stack) == 2
+    assert "+2" in panel.grid.grid_model().items[folded.index(coffee[0])].caption
+    panel.stack_box.setChecked(False)  # searches again, every photo listed
+    flat = _wait_results(qtbot, win, before=folded)
+    assert len([r for r in flat if "coffee" in Path(r.path).name]) == 3

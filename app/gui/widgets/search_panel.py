@@ -16,6 +16,7 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QImageReader, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
+    QCheckBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -62,7 +63,7 @@ def _small_pixmap(path: str, size: int) -> QPixmap:
     return QPixmap.fromImage(reader.read())
 
 
-def _search_task(report, cancelled, models, lib, queries: list[Query], k: int):
+def _search_task(report, cancelled, models, lib, queries: list[Query], k: int, fold: bool = True):
     """Run the query through engine.query (the CLI's path too) and return its outcome.
 
     ``lib`` is the window's open Library, shared on purpose: it keeps the vector index in memory between searches
@@ -78,9 +79,9 @@ def _search_task(report, cancelled, models, lib, queries: list[Query], k: int):
     if regions:
         q = regions[-1]
         return run_query(lib, load, region=Region(q.source(), q.box), k=k,
-                         model_id=record.id if record else None, cancel=cancelled)
+                         model_id=record.id if record else None, fold_stacks=fold, cancel=cancelled)
     return run_query(lib, load, [q.source() for q in queries], k=k, model_id=record.id if record else None,
-                     cancel=cancelled)
+                     fold_stacks=fold, cancel=cancelled)
 
 
 class SearchPanel(QWidget):
@@ -107,6 +108,12 @@ class SearchPanel(QWidget):
         self.k.setRange(1, 1000)
         self.k.setValue(60)
         top.addWidget(self.k)
+        self.stack_box = QCheckBox("Hide near-duplicates")
+        self.stack_box.setChecked(True)
+        self.stack_box.setToolTip("Near-identical copies and bursts show as their best-ranked photo; the number "
+                                  "after its score says how many more it stands for")
+        self.stack_box.toggled.connect(lambda _on: self.run() if self.queries else None)
+        top.addWidget(self.stack_box)
         self.more_button = QPushButton("More like these")
         self.more_button.setToolTip("Search again with the selected results added to the queries")
         self.more_button.clicked.connect(self.more_like_selected)
@@ -203,7 +210,7 @@ class SearchPanel(QWidget):
             self.error.emit("No library", "Open a library or add a folder of photos first.")
             return None
         task = Task(_search_task, self.models, self.libraries.library, list(self.queries), self.k.value(),
-                    name="search")
+                    self.stack_box.isChecked(), name="search")
         task.signals.finished.connect(self._show_results)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Search failed", m))
         self.status.emit("Searching…")
@@ -215,7 +222,9 @@ class SearchPanel(QWidget):
         self.results = results
         self.results_changed.emit(list(outcome.in_library), [r.image_id for r in results])
         self.grid.grid_model().set_items(
-            [GridItem(r.image_id, r.path, score=r.score, caption=f"#{r.rank}  {r.score:.3f}") for r in results])
+            [GridItem(r.image_id, r.path, score=r.score,
+                      caption=f"#{r.rank}  {r.score:.3f}" + (f"  +{len(r.stack)}" if r.stack else ""))
+             for r in results])
         n = len(self.queries)
         msg = f"{len(results)} results for {n} quer{'y' if n == 1 else 'ies'}"
         log.info("search: %s; first: %s", msg, results[0].path if results else None)
