@@ -300,9 +300,17 @@ class MainWindow(PhotoActions, QMainWindow):
         rows = lib.image_paths(status="ok", order_by=self.browse.order)
         self.library_panel.show_library(Library.list_names(), lib.name, [str(f.path) for f in lib.folders()],
                                         lib.counts(), [p for _i, p in rows])
+        self.browse.set_stacks(self._stacks(lib))
         self.browse.set_folder(self.library_panel.selected_folder)
         self.browse.show_rows(rows)
         self._update_title()
+
+    def _stacks(self, lib) -> dict[int, list[int]]:
+        """The stacks of the model in use (engine.stacks): cover -> members; none before it indexed the library."""
+        from engine.stacks import stacks
+
+        record = lib.model_by_source(self.models.source)
+        return stacks(lib, record.id) if record is not None else {}
 
     def _update_title(self) -> None:
         """The library's name; the photo's name and size while the viewer is shown (as photo viewers do)."""

@@ -172,3 +172,26 @@ def test_near_duplicates_are_hidden_by_default_with_a_visible_toggle(qtbot, wind
     panel.stack_box.setChecked(False)  # searches again, every photo listed
     flat = _wait_results(qtbot, win, before=folded)
     assert len([r for r in flat if "coffee" in Path(r.path).name]) == 3
+
+
+def test_the_grid_shows_one_tile_per_stack_and_a_click_opens_it(qtbot, window) -> None:
+    win, lib_dir, _ = window
+    Image.open(lib_dir / "rocket.jpg").save(lib_dir / "rocket again.jpg", quality=80)
+    task = win.reindex()
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
+    assert task.outcome == "finished", task.error
+    qtbot.waitUntil(lambda: bool(win.browse.stacks), timeout=10000)
+    grid = win.grid
+    items = grid.grid_model().items
+    names = [Path(it.path).name for it in items]
+    assert len(items) == 5 and sum(n.startswith("rocket") for n in names) == 1  # 6 photos, one stack of 2
+    tile = next(i for i, it in enumerate(items) if it.caption)
+    assert items[tile].caption == "▸ stack of 2"
+    win.tabs.setCurrentWidget(win.browse)
+    click = lambda row: qtbot.mouseClick(grid.viewport(), Qt.MouseButton.LeftButton,
+                                         pos=grid.visualRect(grid.grid_model().index(row)).center())
+    click(tile)
+    assert len(grid.grid_model().items) == 6 and "▾ 2 photos" in [it.caption for it in grid.grid_model().items]
+    cover = next(i for i, it in enumerate(grid.grid_model().items) if it.caption)
+    click(cover)
+    assert len(grid.grid_model().items) == 5

@@ -37,6 +37,8 @@ class BrowseTab(QWidget):
         self.folder = ""  # the folder picked in the library dock; "" shows every photo
         self.rows: list[tuple[int, str]] = []
         self.indexing = False
+        self.stacks: dict[int, list[int]] = {}  # cover id -> member ids, cover first (engine.stacks)
+        self.expanded: set[int] = set()  # covers whose stack is shown in full
         bar = QHBoxLayout()
         bar.addWidget(QLabel("Sort by"))
         self.sort_box = QComboBox()
@@ -72,6 +74,7 @@ class BrowseTab(QWidget):
         self.size_slider.valueChanged.connect(self.grid.set_icon_size)
         self.grid.icon_size_changed.connect(self._size_changed)
         self.names_box.toggled.connect(self.grid.set_show_names)
+        self.grid.clicked.connect(lambda index: self.toggle_stack(self.grid.grid_model().items[index.row()].image_id))
         # A note that must be read in full (the status bar would cut it behind the task bar): an info strip.
         self.notice = QLabel()
         self.notice.setWordWrap(True)
@@ -99,10 +102,33 @@ class BrowseTab(QWidget):
         self.folder = folder
         self.show_rows(self.rows)
 
+    def set_stacks(self, stacks: dict[int, list[int]]) -> None:
+        """Stacks of near-identical copies and bursts: one tile per stack (its cover, with a count) until opened."""
+        self.stacks = stacks
+        self.expanded &= set(stacks)
+
+    def toggle_stack(self, image_id: int) -> bool:
+        """Open or close the stack whose cover this is (a click on its tile); False for a photo in no stack."""
+        if image_id not in self.stacks:
+            return False
+        self.expanded ^= {image_id}
+        self.show_rows(self.rows)
+        return True
+
     def show_rows(self, rows: list[tuple[int, str]]) -> None:
-        """The library's photos in the chosen order; only those under the picked folder are shown."""
+        """The library's photos in the chosen order; only those under the picked folder are shown, and a closed
+        stack only by its cover."""
         self.rows = rows
-        shown = [GridItem(i, p) for i, p in rows if under(p, self.folder)]
+        hidden = {m for cover, members in self.stacks.items() if cover not in self.expanded for m in members[1:]}
+        shown = []
+        for i, p in rows:
+            if i in hidden or not under(p, self.folder):
+                continue
+            members = self.stacks.get(i)
+            caption = ""
+            if members:
+                caption = f"▾ {len(members)} photos" if i in self.expanded else f"▸ stack of {len(members)}"
+            shown.append(GridItem(i, p, caption=caption))
         self.grid.grid_model().set_items(shown)
         where = f" in {os.path.basename(self.folder.rstrip('/'))}" if self.folder else ""
         self.grid_status.setText(f"{len(shown)} photos{where}" + (" so far" if self.indexing else ""))
