@@ -75,3 +75,14 @@ def test_map_command_writes_a_picture(tmp_path: Path, skimage_data_dir: Path, mo
     r = subprocess.run([sys.executable, "-m", "app", "map", "--library", "nope", "--out", str(out)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_one_dot_per_stack() -> None:
+    from engine.viz.library_map import LibraryMap, one_per_stack
+
+    m = LibraryMap(np.array([1, 2, 3, 4, 5]), np.arange(10, dtype=np.float32).reshape(5, 2),
+                   np.array([0, 0, 1, 1, 2]))
+    kept = one_per_stack(m, {2: [2, 4, 5], 1: [1]})  # the cover (first) stays; a lone photo is no stack
+    assert kept.ids.tolist() == [1, 2, 3] and kept.coords.tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert kept.clusters.tolist() == [0, 0, 1]
+    assert one_per_stack(m, {}) is m

@@ -30,6 +30,15 @@ class LibraryMap:
     placed: int = 0  # photos placed on an existing map in this call
 
 
+def one_per_stack(m: LibraryMap, stacks: dict[int, list[int]]) -> LibraryMap:
+    """The map with one dot per stack of copies and bursts (engine.stacks): its cover stays, the others go."""
+    hidden = np.fromiter((i for members in stacks.values() for i in members[1:]), np.int64)
+    if not len(hidden):
+        return m
+    keep = ~np.isin(m.ids, hidden)
+    return LibraryMap(m.ids[keep], m.coords[keep], m.clusters[keep], m.refitted, m.placed)
+
+
 def default_k(n: int) -> int:
     """Enough colours to tell regions apart, few enough to read: about sqrt(N/4), between 2 and 40."""
     return int(min(40, max(2, round(math.sqrt(max(n, 1) / 4)))))

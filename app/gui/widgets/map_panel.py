@@ -33,7 +33,8 @@ EMPTY_SELECTION = "Nothing selected.\n\nChoose Box or Lasso above and draw aroun
 
 def _map_task(report, cancelled, lib, model_source: str, refit: bool, quick: bool):
     """``lib`` is the window's open Library: its in-memory vector index serves every panel (see search_panel)."""
-    from engine.viz.library_map import load_map, quick_layout, update_map
+    from engine.stacks import stacks
+    from engine.viz.library_map import load_map, one_per_stack, quick_layout, update_map
 
     model = lib.model_by_source(model_source)
     if model is None:
@@ -46,6 +47,7 @@ def _map_task(report, cancelled, lib, model_source: str, refit: bool, quick: boo
         m, kind = (stored, "stored") if len(stored.ids) else (quick_layout(lib, model.id), "pca")
     else:
         m, kind = update_map(lib, model.id, refit=refit, progress=lambda p: report(0, 0, p.phase)), "umap"
+    m = one_per_stack(m, stacks(lib, model.id))  # one dot per stack of copies and bursts
     return m, kind, paths, read_facts(lib, m.ids)
 
 
