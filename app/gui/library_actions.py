@@ -30,7 +30,7 @@ def copy_sample_photos() -> Path:
         src = asset_path("sample")
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.md", "*.py", "*.txt"))
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.py", "__pycache__"))  # photos and licences
         tmp.rename(dest)  # all or nothing: a half copy is never taken for the sample
     return dest
 

@@ -127,7 +127,6 @@ class MainWindow(PhotoActions, QMainWindow):
         # Bottom: model and device, running task.
         self.model_label = QPushButton()
         self.model_label.setFlat(True)
-        self.model_label.setToolTip("The DINOv2 model in use and where it runs; click to manage models")
         self.model_label.clicked.connect(self.show_models)
         self.statusBar().addPermanentWidget(self.task_bar)
         self.statusBar().addPermanentWidget(self.model_label)
@@ -397,8 +396,13 @@ class MainWindow(PhotoActions, QMainWindow):
 
     # ----------------------------------------------------------------------------------------- models
     def _update_model_label(self) -> None:
+        """Model and device; a long checkpoint path is cut in the middle (in full in the tooltip), so the status
+        bar keeps room for messages."""
         device = self.models.device_text or "…"
-        self.model_label.setText(f"Model: {display_name(self.models.source)} · {device}")
+        full = f"Model: {display_name(self.models.source)} · {device}"
+        metrics = self.model_label.fontMetrics()
+        self.model_label.setText(metrics.elidedText(full, Qt.TextElideMode.ElideMiddle, 360))
+        self.model_label.setToolTip(f"{full}\nThe DINOv2 model in use and where it runs; click to manage models")
 
     def show_models(self) -> None:
         from app.gui.widgets.model_manager import ModelManager

@@ -58,7 +58,7 @@ def test_opens_an_indexed_library_and_shows_its_photos(qtbot, tmp_path, checkpoi
     assert model.rowCount() == 5
     assert "5 photos indexed" in win.library_panel.counts.text() and "1 unreadable" in win.library_panel.counts.text()
     assert win.library_panel.errors_button.isVisible()
-    assert str(checkpoint) in win.model_label.text()
+    assert str(checkpoint) in win.model_label.toolTip()
     # Thumbnails arrive from the store in a worker and replace the placeholders.
     for row in range(5):
         model.data(model.index(row), 1)
@@ -122,7 +122,7 @@ def test_using_another_model_indexes_the_library_with_it(qtbot, tmp_path, checkp
     win = _window(qtbot, _settings(tmp_path, library__name="family", model__source=str(checkpoint)))
     assert win.use_model(str(checkpoint)) is None  # already in use: nothing to do
     task = win.use_model(str(other))
-    assert win.models.source == str(other) and str(other) in win.model_label.text()
+    assert win.models.source == str(other) and str(other) in win.model_label.toolTip()
     qtbot.waitUntil(lambda: task.outcome is not None, timeout=60000)
     assert task.outcome == "finished", task.error
     assert {m.source for m in win.libraries.library.models()} == {str(checkpoint), str(other)}

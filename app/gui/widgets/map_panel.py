@@ -120,7 +120,7 @@ class MapPanel(QWidget):
         self.ring_note = QLabel()
         self.ring_note.setWordWrap(True)
         self.selection_title = QLabel("<b>Selected photos</b>")
-        self.grid = ThumbnailGrid(cache, icon=96)
+        self.grid = ThumbnailGrid(cache, icon=80)  # two columns in the side panel
         self.grid.doubleClicked.connect(
             lambda i: self.open_photo.emit(self.grid.grid_model().items[i.row()].image_id))
         self.empty = QLabel(EMPTY_SELECTION)

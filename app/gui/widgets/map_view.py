@@ -133,7 +133,7 @@ class MapView(pg.PlotWidget):
     def fit(self) -> None:
         """Every photo in view."""
         if len(self.ids):
-            self.getViewBox().autoRange(padding=0.05)
+            self.getViewBox().autoRange(padding=0.1)  # room for the thumbnails drawn around edge dots
 
     def set_highlight(self, query_ids: list[int], result_ids: list[int]) -> None:
         spots = []
