@@ -131,4 +131,6 @@ class BrowseTab(QWidget):
             shown.append(GridItem(i, p, caption=caption))
         self.grid.grid_model().set_items(shown)
         where = f" in {os.path.basename(self.folder.rstrip('/'))}" if self.folder else ""
-        self.grid_status.setText(f"{len(shown)} photos{where}" + (" so far" if self.indexing else ""))
+        stacked = sum(1 for i, p in rows if i in hidden and under(p, self.folder))
+        more = f" (+{stacked} in stacks)" if stacked else ""
+        self.grid_status.setText(f"{len(shown)} photos{more}{where}" + (" so far" if self.indexing else ""))
