@@ -46,6 +46,8 @@ def program_name(argv0: str | None = None) -> str:
     base = os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else ""))
     if not base or base in ("__main__.py", "-c", "-m") or base.startswith("python"):
         return "python -m app"
+    if base == "_bundle_entry.py":  # the bundle's entry script, run unfrozen: the name the bundle gives it
+        return "dinoscope-cli"
     return os.path.splitext(base)[0]
 
 

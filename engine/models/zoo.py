@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine import data_home
 from engine.models.config import OFFICIAL_CONFIGS, BackboneConfig
 from engine.models.download import DownloadResult, ProgressFn, download_file
+from engine.progress import Progress
 
 DEFAULT_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
@@ -170,19 +171,21 @@ def download_text_model(name: str, progress: ProgressFn | None = None, cancel=No
         if path is not None:
             continue
         if role == "backbone":
-            step = (lambda d, t, base=done_before: progress(base + d, None)) if progress else None
+            step = (lambda p, base=done_before: progress(replace(p, done=base + p.done, total=None))) if progress \
+                else None
             paths[role] = download(e.backbone, progress=step, cancel=cancel)
         else:
             dest = data_home.models_dir() / e.filenames()[role]
             source = text_model_url(name, role)
-            step = (lambda d, t, base=done_before: progress(base + d, None)) if progress else None
+            step = (lambda p, base=done_before: progress(replace(p, done=base + p.done, total=None))) if progress \
+                else None
             result = download_file(source, dest, progress=step, cancel=cancel)
             meta = {"url": source, "size": result.size, "sha256": result.sha256}
             dest.with_name(dest.name + ".json").write_text(json.dumps(meta, indent=2))
             paths[role] = result.path
         done_before += paths[role].stat().st_size
     if progress is not None:
-        progress(done_before, done_before)
+        progress(Progress(done_before, done_before, phase="download"))
     return {role: p for role, p in paths.items() if p is not None}
 
 

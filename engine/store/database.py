@@ -155,8 +155,8 @@ def open_engine(path: Path) -> Engine:
         event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _on_begin)
     try:
-        if version is not None:
-            quick_check(engine, path)
+        if version is not None:  # an older schema lacks the tables its migration adds: those are checked after it
+            quick_check(engine, path, tables=version == schema.SCHEMA_VERSION)
         if version == schema.SCHEMA_VERSION:
             if not read_only:
                 _ensure_library_id(engine)
@@ -169,6 +169,8 @@ def open_engine(path: Path) -> Engine:
         except OperationalError as exc:
             raise StoreError(f"cannot {'update' if existed else 'create'} the library database {path} "
                              f"({_sqlite_reason(exc)}); nothing was changed") from None
+        if version is not None:
+            quick_check(engine, path)  # the upgraded file has every table now
     except BaseException:
         engine.dispose()
         if not existed:  # a database this call created and could not finish: leave no empty shell behind

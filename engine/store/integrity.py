@@ -28,13 +28,15 @@ def _damaged(path: Path, problem: str) -> LibraryDamagedError:
         f"restore library.db from a backup, or move the library folder aside and index the folders again")
 
 
-def quick_check(engine: Engine, path: Path) -> None:
-    """Every table present, and SQLite's quick_check clean (on the whole file when small; see
-    QUICK_CHECK_WHOLE_FILE_BYTES). Raises LibraryDamagedError naming the first problem."""
+def quick_check(engine: Engine, path: Path, tables: bool = True) -> None:
+    """Every table present (unless `tables` is False: a file of an older schema, before its migration adds the
+    new ones), and SQLite's quick_check clean (on the whole file when small; see QUICK_CHECK_WHOLE_FILE_BYTES).
+    Raises LibraryDamagedError naming the first problem."""
     try:
         with engine.connect() as conn:
+            check_tables = tables
             tables = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            missing = sorted(set(Base.metadata.tables) - tables)
+            missing = sorted(set(Base.metadata.tables) - tables) if check_tables else []
             if missing:
                 raise _damaged(path, f"the table{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                                      f"{'are' if len(missing) > 1 else 'is'} missing")

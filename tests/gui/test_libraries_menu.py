@@ -15,7 +15,8 @@ def _click(box: QMessageBox, label: str) -> None:
 
 def test_menu_lists_the_library_actions(family_window) -> None:
     texts = [a.text().replace("&", "") for a in family_window.library_menu.actions() if a.text()]
-    assert texts == ["New library…", "Rename library…", "Add folder…", "Remove folder…", "Remove library…"]
+    assert texts == ["New library…", "Rename library…", "Add folder…", "Remove folder…", "Remove library…",
+                     "Watch folders for changes"]
 
 
 def test_new_and_rename_library(qtbot, family_window) -> None:

@@ -82,7 +82,7 @@ def test_previous_next_walk_the_list_and_the_title_names_the_photo(qtbot, viewer
 def test_window_title_follows_the_viewer(qtbot, family_window) -> None:
     win = family_window
     assert win.windowTitle() == "family — Dinoscope"
-    win.grid.doubleClicked.emit(win.grid.grid_model().index(2))
+    win.grid.activated.emit(win.grid.grid_model().index(2))  # a double-click, or Enter
     item = win.grid.grid_model().items[2]
     assert win.windowTitle().startswith(f"{Path(item.path).name} (") and win.viewer.path == item.path
     assert win.viewer.show_next() and win.viewer.path == win.grid.grid_model().items[3].path
