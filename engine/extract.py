@@ -116,10 +116,12 @@ class Extractor:
                 self.backend_reason = f"OpenVINO {ov_precision} on {ov_device or 'CPU'}"
                 log.info("backend: %s (compiled-model cache: %s)", self.backend_reason, self.runtime.cache_status)
                 return
-            except BackendUnavailable as e:
+            except Exception as e:  # any failure to convert or compile: torch runs the model
                 if backend == "openvino" or ov_device:
                     raise
-                reason = f"{e}; torch runs the model"
+                cause = str(e) if isinstance(e, BackendUnavailable) else (
+                    f"OpenVINO could not convert {type(self.model).__name__} ({type(e).__name__}: {e})")
+                reason = f"{cause}; torch runs the model"
                 log.warning("backend: %s", reason)
         else:
             log.info("backend: %s", reason)

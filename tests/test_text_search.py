@@ -41,6 +41,11 @@ def setup(tmp_path_factory, skimage_data_dir):
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in-process; searches list every photo (--no-stack): these tests check the ranking against the
+    model's own cosines, and a random tiny model stacks most photos as near-identical (tests/test_query.py covers
+    stacks)."""
+    if args and args[0] == "search":
+        args = (*args, "--no-stack")
     code = main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err

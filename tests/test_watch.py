@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from engine.store import Library, LibraryBusyError, index_library
-from engine.store.vectors import vector_index
+from engine.store.vectors import library_vectors, vector_index
 from engine.watch import DirtySet, WatchBatch, WatchNotice, watch_library
 from tests.test_indexer import model
 
@@ -162,7 +162,7 @@ def test_readers_never_wait_and_a_second_writer_is_refused(library) -> None:
         with pytest.raises(LibraryBusyError, match="busy"):
             index_library(lib, model(), device="cpu")
         with Library.open(lib.root) as reader:  # another reader, as search or the GUI would open it
-            ids, vectors = reader.vectors(reader.models()[0].id)
+            ids, vectors = library_vectors(reader, reader.models()[0].id)
             assert len(ids) == 3 and np.isfinite(vectors).all()
             assert reader.counts()["ok"] == 3
 

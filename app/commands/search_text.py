@@ -50,7 +50,8 @@ def run_text(args: argparse.Namespace) -> int:
             files, skipped = expand_inputs(args.images) if box is None else ([], [])
             region = Region(args.images[0], box) if box is not None else None
             outcome = run_query(lib, lambda: Extractor(model.image_encoder(), device=args.device), files,
-                                region=region, k=args.k, model_id=record.id, also=words)
+                                region=region, k=args.k, model_id=record.id, also=words,
+                                fold_stacks=not args.no_stack)
         except (StoreError, CheckpointError, DownloadError, VocabularyError, ImageDecodeError, ValueError,
                 RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
