@@ -42,4 +42,16 @@ def print_results(results, as_json: bool) -> None:
         print(f"{r.rank:>4}  {r.score:6.3f}  {box}{shown(r.path)}{more}")  # a newline or bad bytes: escaped
 
 
-__all__ = ["parse_box", "print_results"]
+def region_argument(args):
+    """The --region of a search as an engine.query.Region (None without one); ValueError says what is wrong."""
+    if args.region is None:
+        return None
+    from engine.query import Region
+
+    box = parse_box(args.region)
+    if len(args.images) != 1:
+        raise ValueError("--region searches by a box of one image; give exactly one IMAGE")
+    return Region(args.images[0], box)
+
+
+__all__ = ["parse_box", "print_results", "region_argument"]

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from app.commands._library import DEVICE_HELP, add_backend_argument
-from app.commands._search_output import parse_box, print_results
+from app.commands._search_output import print_results, region_argument
 from app.progress import ProgressBar
 
 
@@ -57,7 +57,7 @@ def load_model(record, source: str | None, device: str, backend: str = "auto"):
 
 def run(args: argparse.Namespace) -> int:
     from app.commands._library import open_with_model
-    from engine.query import Region, expand_inputs, run_query
+    from engine.query import expand_inputs, run_query
     from engine.store import StoreError
 
     if args.k < 1:
@@ -70,17 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.images:
         print("error: give one or more IMAGE files, or --text WORDS", file=sys.stderr)
         return 2
-    region = None
-    if args.region is not None:
-        try:
-            box = parse_box(args.region)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if len(args.images) != 1:
-            print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
-            return 2
-        region = Region(args.images[0], box)
+    try:
+        region = region_argument(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     files, skipped = expand_inputs(args.images) if region is None else ([], [])
     opened = open_with_model(args.library, args.model, args.backend)
     if opened is None:

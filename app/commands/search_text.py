@@ -14,26 +14,21 @@ from app.progress import ProgressBar
 def run_text(args: argparse.Namespace) -> int:
     """Words (and optional query images) against the library's dino.txt vectors; the logic is engine.text.query."""
     from app.commands._library import open_existing
-    from app.commands._search_output import parse_box, print_results
+    from app.commands._search_output import print_results, region_argument
     from engine.extract import Extractor
     from engine.imageio import ImageDecodeError
     from engine.models import CheckpointError
     from engine.models.download import DownloadError
-    from engine.query import Region, expand_inputs, run_query
+    from engine.query import expand_inputs, run_query
     from engine.store import StoreError
     from engine.text import VocabularyError
     from engine.text import query as text_query
 
-    box = None
-    if args.region is not None:
-        try:
-            box = parse_box(args.region)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if len(args.images) != 1:
-            print("error: --region searches by a box of one image; give exactly one IMAGE", file=sys.stderr)
-            return 2
+    try:
+        region = region_argument(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not args.text.strip():
         print("error: --text is empty; give some words to search for", file=sys.stderr)
         return 2
@@ -46,9 +41,8 @@ def run_text(args: argparse.Namespace) -> int:
             bar = ProgressBar(f"loading {args.model or record.name}", unit="B")
             model = text_query.load_text_model(record, args.model, progress=bar)
             query = text_query.embed_texts(model, [args.text])
-            words = text_query.region_text_vector(query) if box is not None else query.vectors
-            files, skipped = expand_inputs(args.images) if box is None else ([], [])
-            region = Region(args.images[0], box) if box is not None else None
+            words = text_query.region_text_vector(query) if region is not None else query.vectors
+            files, skipped = expand_inputs(args.images) if region is None else ([], [])
             outcome = run_query(lib, lambda: Extractor(model.image_encoder(), device=args.device), files,
                                 region=region, k=args.k, model_id=record.id, also=words,
                                 fold_stacks=not args.no_stack)

@@ -24,7 +24,7 @@ from engine.faiss_runtime import faiss_settings
 from engine.store import index_cache
 from engine.store.regions import GRIDS, N_REGIONS
 from engine.store.schema import LibraryBusyError, LibraryReadOnlyError, Model, StoreError
-from engine.store.vectors import ids_checksum, owner
+from engine.store.vectors import FaissWriter, ids_checksum, owner
 
 if TYPE_CHECKING:
     import faiss
@@ -194,23 +194,14 @@ def _region_state(lib: Library, model_id: int) -> tuple[int, int, np.ndarray, di
 def _write_region_files(lib: Library, model_id: int, index: faiss.Index, revision: int, dim: int,
                         image_ids: np.ndarray, whose: dict) -> None:
     """Index, then stamp, through engine.atomic. A failure (a full disk) only costs the cache: logged, not raised."""
-    import faiss
 
     files = _region_files(lib, model_id)
-    faiss_bytes = 0
-
-    def write_index(f) -> None:
-        def chunk(data: bytes) -> None:
-            nonlocal faiss_bytes
-            faiss_bytes += len(data)
-            f.write(data)
-
-        faiss.write_index(index, faiss.PyCallbackIOWriter(chunk))
+    write_index = FaissWriter(index)
 
     def write_stamp(f) -> None:
         stamp = {"format": REGION_STAMP_FORMAT, "model_id": model_id, "revision": revision, "dim": dim,
-                 "images": len(image_ids), "ids_checksum": ids_checksum(image_ids), "faiss_bytes": faiss_bytes,
-                 **whose}
+                 "images": len(image_ids), "ids_checksum": ids_checksum(image_ids),
+                 "faiss_bytes": write_index.written, **whose}
         f.write(json.dumps(stamp, indent=1).encode())
 
     try:

@@ -317,15 +317,7 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
     files = file_paths(lib, snap.model_id)
     _remove_stale_temps(lib.vectors_dir)  # left by a killed writer; the caller holds the lock
     matrix = np.ascontiguousarray(snap.matrix).reshape(-1).view(np.uint8)
-    faiss_bytes = 0
-
-    def write_index(f) -> None:  # streamed (a 1M x 384 index is 1.5 GB), counting its size for the stamp
-        def chunk(data: bytes) -> None:
-            nonlocal faiss_bytes
-            faiss_bytes += len(data)
-            f.write(data)
-
-        faiss.write_index(index, faiss.PyCallbackIOWriter(chunk))
+    write_index = FaissWriter(index)
 
     def write_stamp(f) -> None:
         stamp = {
@@ -339,7 +331,7 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
             **snap.owner,
             "kind": kind,
             "f32_bytes": int(matrix.nbytes),
-            "faiss_bytes": faiss_bytes,
+            "faiss_bytes": write_index.written,
         }
         f.write(json.dumps(stamp, indent=1).encode())
 
@@ -356,6 +348,22 @@ def write_files(lib: Library, snap: Snapshot, index: faiss.Index, kind: str) -> 
                 "and the previous index files are intact. Free some space and run the indexer again to rebuild it."
             ) from exc
         raise StoreError(f"cannot write the vector index in {lib.vectors_dir}: {exc}") from exc
+
+
+class FaissWriter:
+    """Streams a FAISS index into a file (a 1M x 384 index is 1.5 GB: no copy in memory) and counts its bytes for
+    the stamp written after it."""
+
+    def __init__(self, index: faiss.Index) -> None:
+        self.index = index
+        self.written = 0
+
+    def __call__(self, f) -> None:
+        def chunk(data: bytes) -> None:
+            self.written += len(data)
+            f.write(data)
+
+        faiss.write_index(self.index, faiss.PyCallbackIOWriter(chunk))
 
 
 def vector_index(lib: Library, model_id: int) -> VectorIndex:
