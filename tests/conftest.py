@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Module- and session-scoped fixtures index before any function fixture runs: they must not load OpenVINO into
+# this process either (only tests marked `openvino`, run in a process of their own, do).
+os.environ.setdefault("DINOSCOPE_BACKEND", "torch")
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,8 @@ from engine.extract import Extractor, eval_input
 from engine.runtime import BackendUnavailable, ov_cache
 from tests.helpers import tiny_backbone
 
+pytestmark = pytest.mark.openvino  # in-process OpenVINO: run in its own pytest process (see the Makefile)
+
 pytest.importorskip("openvino")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample"

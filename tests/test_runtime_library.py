@@ -17,6 +17,8 @@ from engine.extract import Extractor
 from engine.store import Library, index_library
 from tests.helpers import tiny_backbone
 
+pytestmark = pytest.mark.openvino  # in-process OpenVINO: run in its own pytest process (see the Makefile)
+
 pytest.importorskip("openvino")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from engine.text.openvino_text import OpenVinoText, available, cache_key
 from engine.text.query import embed_texts, encode_text_ids
 from tests.dinotxt_helpers import TEXT_ENCODER, save_tiny_dinotxt
 
-pytestmark = pytest.mark.skipif(not available(), reason="OpenVINO is not installed")
+pytestmark = [pytest.mark.skipif(not available(), reason="OpenVINO is not installed"), pytest.mark.openvino]
 
 TEXTS = ["a red motorcycle", "東京の夜景 🌃🚀", "word " * 90, "a photo of a dog <|endoftext|> and more"]
 
