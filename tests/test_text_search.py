@@ -72,6 +72,33 @@ def test_without_dinotxt_vectors_the_error_gives_the_command_and_its_cost(setup,
     assert "3.5 GB download" in err and "0.33 photos/s" in err and "5 photos would take about" in err
 
 
+def test_a_checkpoint_in_a_folder_named_dinotxt_is_no_text_model(setup, tmp_path):
+    """Text vectors are recognised by the dino.txt source, not by a word somewhere in a checkpoint's path."""
+    from engine.store import Library
+    from engine.text.query import NoTextVectors, text_index_cost, text_model_record
+
+    _, photos, _, vit = setup
+    experiments = tmp_path / "dinotxt-experiments"
+    experiments.mkdir()
+    (experiments / "vit.pth").write_bytes(vit.read_bytes())
+    lib_root = tmp_path / "lib2"
+    assert main(["index", str(photos), "--library", str(lib_root), "--model", str(experiments / "vit.pth"),
+                 "--dtype", "fp32"]) == 0
+    with Library.open(lib_root) as lib:
+        with pytest.raises(NoTextVectors):
+            text_model_record(lib)
+        cost = text_index_cost(lib)  # the zoo model, nothing downloaded in this test's data folder
+        assert cost.photos == 5 and cost.download_bytes == 4 * 867_830_272 == zoo_bytes()
+        assert cost.hours == pytest.approx(5 / 0.33 / 3600)
+        assert text_index_cost(lib, str(experiments)).download_bytes == 0  # a folder: nothing to fetch
+
+
+def zoo_bytes() -> int:
+    from engine.models import zoo
+
+    return zoo.text_entry(zoo.DINOTXT).approx_bytes
+
+
 @pytest.fixture(scope="module")
 def indexed(setup):
     lib, _, dinotxt, _ = setup

@@ -1,6 +1,6 @@
 """Screenshots of the real app under Xvfb, as a person sees it, at one screen size per run.
 
-    python tools/screenshots.py --out shots/ [--size 1000x700] [--model SOURCE] [--only NAME,...]
+    python tools/screenshots.py --out shots/ [--size 1000x700] [--model SOURCE] [--only NAME,...] [--dinotxt DIR]
 
 Starts Xvfb at that size when DISPLAY is unset (Debian: apt-get install xvfb libxcb-cursor0 libxcb-icccm4
 libxcb-keysyms1), makes a fresh DINOSCOPE_HOME (offline: no zoo download is tried), and goes through a first start
@@ -8,6 +8,8 @@ like a new user: the bundled sample library is copied and indexed (shot while it
 and a large thumbnail size, the Library menu, a real drop of three photos, the viewer with part colours and at
 100%, the map with its legend and a search ringed, the duplicates and the training tab. One PNG of the whole
 screen per view. Without --model the first start picks the bundled demo model by itself, as the app does offline.
+With --dinotxt (a folder of dino.txt's three files) it also searches by words: the offer to index, the indexing
+for text search, words combined with a dropped photo, the viewer's word heatmap and the Models dialog.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> int:
     ap.add_argument("--size", default="1440x900", help="screen and window size, WIDTHxHEIGHT")
     ap.add_argument("--model", default=None, help="a checkpoint or zoo name (default: what a first start picks)")
     ap.add_argument("--only", default="", help="comma-separated view names to save (default: all)")
+    ap.add_argument("--dinotxt", type=Path, default=None, help="a dino.txt folder: also shoot search by words")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     xvfb = start_xvfb(width, height)
@@ -143,6 +146,8 @@ def take(args: argparse.Namespace, home: Path, width: int, height: int) -> int:
 
     results = win.search_panel.results
     first = next((r.path for r in results if "ladybird" in r.path), results[0].path)
+    if args.dinotxt is not None:
+        words_views(args, win, first, pump, wait, thumbs_of, shot)
     win.open_photo(first)
     win.viewer.parts_box.setChecked(True)
     wait(lambda: not win.viewer.view.overlay.pixmap().isNull(), 300)
@@ -168,6 +173,43 @@ def take(args: argparse.Namespace, home: Path, width: int, height: int) -> int:
     shot("7-training")
     win.close()
     return 0
+
+
+def words_views(args, win, photo: str, pump, wait, thumbs_of, shot) -> None:
+    """Search by words as a person meets it: the offer, the background indexing, words with a photo, the heatmap."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from app.gui.widgets.model_manager import ModelManager
+
+    win.text.set_source(str(args.dinotxt.resolve()))
+    panel = win.search_panel
+    win.tabs.setCurrentWidget(panel)
+    panel.field.setFocus()
+    QTest.keyClicks(panel.field, "a cat sleeping on a sofa")
+    shot("3a-words-typed")
+    QTest.keyClick(panel.field, Qt.Key.Key_Return)
+    wait(lambda: win.text_actions.offer is not None, 30)
+    shot("3b-words-offer")
+    start = next(b for b in win.text_actions.offer.buttons() if "Index" in b.text())
+    start.click()
+    wait(lambda: win.task_bar.isVisible(), 30)
+    shot("3c-words-indexing")
+    wait(lambda: win.text_actions.task.outcome is not None and not win.task_bar.isVisible(), 900)
+    wait(lambda: bool(panel.results) and any(q.text for q in panel.queries), 120)
+    thumbs_of(panel.grid)
+    shot("3d-words-results")
+    win.open_photo(photo)
+    win.viewer.words_field.setFocus()
+    QTest.keyClicks(win.viewer.words_field, "a red ladybird")
+    QTest.keyClick(win.viewer.words_field, Qt.Key.Key_Return)
+    wait(lambda: not win.viewer.view.overlay.pixmap().isNull(), 300)
+    shot("4c-viewer-words")
+    win.viewer.words_field.clear()
+    dlg = ModelManager(win.runner, win.models.source, win, text_source=win.text.source)
+    dlg.show()
+    shot("8-models")
+    dlg.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from app.gui.library_actions import LibraryActions, copy_sample_photos
 from app.gui.library_service import LibraryService
 from app.gui.model_service import DEFAULT_MODEL, ModelService, bundled_model, display_name
 from app.gui.photo_actions import PhotoActions
+from app.gui.text_actions import TextActions
+from app.gui.text_service import TextService
 from app.gui.thumbnails import ThumbnailCache
 from app.gui.watch_service import WatchService
 from app.gui.widgets.browse_tab import BrowseTab
@@ -65,6 +67,8 @@ class MainWindow(PhotoActions, QMainWindow):
         self.runner = TaskRunner(self)
         self.models = ModelService(self.settings, self)
         self.libraries = LibraryService(self.settings, self)
+        self.text = TextService(self.settings, self)  # dino.txt: search by words, word heatmaps
+        self.text_actions = TextActions(self)
         self.watcher = WatchService(self.settings, self)  # follows the open library's folders (Library menu)
         self.watcher.changed.connect(lambda _batch: self.refresh_library())
         self.watcher.notice.connect(lambda m: self.statusBar().showMessage(m, 8000))
@@ -94,9 +98,10 @@ class MainWindow(PhotoActions, QMainWindow):
         self.setCentralWidget(self.tabs)
         self.browse = self._make_browse_tab()
         self.tabs.addTab(self.browse, "Library")
-        self.search_panel = SearchPanel(self.models, self.libraries, self.runner, self.thumbs)
+        self.search_panel = SearchPanel(self.models, self.libraries, self.runner, self.thumbs, text=self.text)
+        self.search_panel.text_index_needed.connect(self.text_actions.offer_index)
         self.tabs.addTab(self.search_panel, "Search")
-        self.viewer = Viewer(self.models, self.runner)
+        self.viewer = Viewer(self.models, self.runner, text=self.text)
         self.tabs.addTab(self.viewer, "Photo")
         self.labels_panel = LabelsPanel(self.models, self.libraries, self.runner, self.thumbs)
         self.tabs.addTab(self.labels_panel, "Labels")
@@ -204,6 +209,7 @@ class MainWindow(PhotoActions, QMainWindow):
         if self.libraries.library is None:
             self._open_start_library()
         self._search_pending()
+        self.text_actions.resume_if_pending()  # an indexing for text search the last run did not finish
         if self._indexing is None or self._indexing.outcome is not None:  # an indexing run loads it anyway
             self.runner.start(Task(lambda _r, _c: self.models.warm_up(self.libraries.library), name="warm-up"))
             self.watch_library()
@@ -407,8 +413,10 @@ class MainWindow(PhotoActions, QMainWindow):
     def show_models(self) -> None:
         from app.gui.widgets.model_manager import ModelManager
 
-        dlg = ModelManager(self.runner, self.models.source, self)
+        dlg = ModelManager(self.runner, self.models.source, self, text_source=self.text.source)
         dlg.model_chosen.connect(self.use_model)
+        dlg.text_source_chosen.connect(self.text.set_source)
+        dlg.text_index_requested.connect(lambda: self.text_actions.index_library())
         dlg.exec()
 
     def use_model(self, source: str) -> Task | None:
@@ -524,6 +532,7 @@ class MainWindow(PhotoActions, QMainWindow):
         return box
 
     def closeEvent(self, event) -> None:
+        self.text_actions.closing = True  # a quit is not a Cancel: an unfinished text indexing resumes next start
         self.watcher.stop(timeout=5.0)
         self.runner.cancel_all()
         self.runner.wait(5000)

@@ -30,7 +30,7 @@ def _plain(e: Exception) -> bool:
 
 
 class TaskSignals(QObject):
-    progress = Signal(int, int, str)  # done, total (0 = unknown), text
+    progress = Signal(object, object, str)  # done, total (0 = unknown), text; Python ints (bytes pass 2**31)
     finished = Signal(object)  # the function's return value
     failed = Signal(str, str)  # message for the user; the traceback when it was a crash, "" for a plain error
     cancelled = Signal()

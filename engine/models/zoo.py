@@ -108,11 +108,22 @@ class TextModelEntry:
     folder: str
     vision_head: str
     text_encoder: str
-    params: int  # backbone + vision head + text encoder (tests/test_dinotxt_model.py checks the count)
+    head_params: int  # the vision head's parameters
+    text_params: int  # the text encoder's
+
+    @property
+    def params(self) -> int:
+        """Backbone + vision head + text encoder (tests/test_dinotxt_model.py checks the count)."""
+        return ZOO[self.backbone].params + self.head_params + self.text_params
 
     @property
     def approx_bytes(self) -> int:
         return 4 * self.params
+
+    def role_bytes(self) -> dict[str, int]:
+        """role -> approximate size of its official file (float32 weights)."""
+        return {"backbone": ZOO[self.backbone].approx_bytes, "vision_head": 4 * self.head_params,
+                "text_encoder": 4 * self.text_params}
 
     def filenames(self) -> dict[str, str]:
         """role -> official file name; the roles are backbone, vision_head, text_encoder."""
@@ -127,7 +138,8 @@ TEXT_MODELS: dict[str, TextModelEntry] = {
         folder="dinov2_vitl14",
         vision_head=f"{DINOTXT_HUB_NAME}_vision_head.pth",
         text_encoder=f"{DINOTXT_HUB_NAME}_text_encoder.pth",
-        params=ZOO["dinov2_vitl14_reg"].params + 25_326_336 + 538_131_200,
+        head_params=25_326_336,
+        text_params=538_131_200,
     ),
 }
 

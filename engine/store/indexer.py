@@ -424,6 +424,8 @@ def index_library(
         if progress is not None:
             progress(Progress(0, None, phase="scan"))
         try:
+            if cancel is not None and cancel():  # cancelled while the model loaded (ViT-L: tens of seconds)
+                raise Cancelled()
             if only is None:
                 scans = scan_folders([r.path for r in roots], on_file)
             else:

@@ -45,8 +45,17 @@ class TextQuery:
 def is_text_model(record: ModelRecord) -> bool:
     """Indexed from the zoo name or a dino.txt folder; a moved folder still counts by its name, so the error
     is then about the missing folder rather than about missing vectors."""
-    names = [s for s in (record.source, record.name) if s]
-    return any(is_dinotxt_source(s) or "dinotxt" in os.fspath(s).lower() for s in names)
+    names = [os.fspath(s) for s in (record.source, record.name) if s]
+    return any(is_dinotxt_source(s) or _named_like_dinotxt(s) for s in names)
+
+
+def _named_like_dinotxt(source: str) -> bool:
+    """A folder (not a checkpoint file) whose own name says dino.txt; a parent folder's name says nothing."""
+    from pathlib import PurePath
+
+    last = PurePath(source).name.lower()
+    return "dinotxt" in last.replace(".", "").replace("-", "").replace("_", "") and \
+        PurePath(last).suffix not in (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 
 def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> ModelRecord:
@@ -58,27 +67,67 @@ def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> 
         found = [m for m in found if {m.name, m.source} & wanted]
     if found:
         return found[-1]
-    photos = lib.counts().get("ok", 0)
-    hours = photos / CPU_IMAGES_PER_S / 3600
+    cost = text_index_cost(lib)
     raise NoTextVectors(
         f"library '{lib.name}' has no dino.txt vectors, which text search needs. Add them with:\n"
         f"  python -m app index --library {lib.name} --model {zoo.DINOTXT}\n"
         f"(a one-time {DOWNLOAD_GB:.1f} GB download; its ViT-L ran at {CPU_IMAGES_PER_S:g} photos/s on a shared "
-        f"2-core CPU, where {photos} photos would take about {hours:.1f} h; a GPU is far faster)"
+        f"2-core CPU, where {cost.photos} photos would take about {cost.hours:.1f} h; a GPU is far faster)"
     )
+
+
+@dataclass(frozen=True)
+class TextIndexCost:
+    """What adding dino.txt vectors to a library costs: photos still without them, the CPU time at the measured
+    rate, and the bytes still to download (0 when the three files are on disk)."""
+
+    photos: int
+    hours: float
+    download_bytes: int
+
+
+def text_index_cost(lib: Library, source: str | os.PathLike = zoo.DINOTXT) -> TextIndexCost:
+    """`source`: the zoo name (its missing files count as the download) or a folder (nothing to download)."""
+    counts = lib.counts()
+    done = max((n for m in lib.models() if is_text_model(m) for n in [counts.get("per_model", {}).get(m.id, 0)]),
+               default=0)
+    photos = max(0, counts.get("ok", 0) - done)
+    download = 0
+    if source in (zoo.DINOTXT, zoo.DINOTXT_HUB_NAME):
+        sizes = zoo.text_entry(str(source)).role_bytes()
+        download = sum(sizes[role] for role, path in zoo.text_model_paths(str(source)).items() if path is None)
+    return TextIndexCost(photos, photos / CPU_IMAGES_PER_S / 3600, download)
+
+
+def text_backend(requested: str | None = None) -> str:
+    """The backend a long-lived process (the window) encodes words with: OpenVINO on an x86 CPU where it is
+    installed (a query reads every text weight once; OpenVINO does that several times faster), torch otherwise.
+    `requested` (or DINOSCOPE_BACKEND) "torch" or "openvino" forces one."""
+    from engine.runtime import is_x86
+    from engine.text.openvino_text import available
+
+    choice = requested or os.environ.get("DINOSCOPE_BACKEND", "auto") or "auto"
+    if choice in ("torch", "openvino"):
+        return choice
+    return "openvino" if is_x86() and available() else "torch"
 
 
 def load_text_model(record: ModelRecord, source: str | os.PathLike | None = None,
                     progress: ProgressFn | None = None) -> DinoTxt:
     """The whole dino.txt model the record's vectors came from, checked by the image side's weights hash."""
-    from engine.store.indexer import model_hash
-
     given = source if source is not None else record.source
     model = load_dinotxt(given, progress=progress)
-    if model_hash(model.image_encoder()) != record.checkpoint_hash:
-        raise ValueError(f"the weights of {given} are not the ones the library's dino.txt vectors were computed "
-                         "with (the files changed?); index the library again with it")
+    check_text_model(model, record, given)
     return model
+
+
+def check_text_model(model: DinoTxt, record: ModelRecord, given: str | os.PathLike | None = None) -> None:
+    """ValueError unless the model's image side is the one the record's vectors were computed with."""
+    from engine.store.indexer import model_hash
+
+    if model_hash(model.image_encoder()) != record.checkpoint_hash:
+        raise ValueError(f"the weights of {given or record.source} are not the ones the library's dino.txt vectors "
+                         "were computed with (the files changed?); index the library again with it")
 
 
 _OPENVINO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled OpenVINO text encoder

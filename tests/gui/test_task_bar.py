@@ -47,3 +47,26 @@ def test_the_long_task_keeps_its_bar_and_cancel_after_a_short_one(qtbot) -> None
     qtbot.waitUntil(lambda: bar.isHidden(), timeout=5000)
     assert bar.task is None
     runner.wait(5000)
+
+
+def _download(report, cancelled, release: threading.Event):
+    report(3_000_000_000, 4_000_000_000, "Downloading dino.txt 3.00 / 4.0 GB")  # bytes past 2**31
+    release.wait(10)
+    return "done"
+
+
+def test_progress_past_two_gigabytes_reaches_the_bar(qtbot) -> None:
+    """A 3.5 GB download reports byte counts over 2**31: they cross the thread boundary and fill the bar."""
+    bar = TaskBar()
+    qtbot.addWidget(bar)
+    runner = TaskRunner()
+    release = threading.Event()
+    task = Task(_download, release, name="download")
+    bar.follow(task, "Downloading")
+    runner.start(task)
+    qtbot.waitUntil(lambda: bar.bar.maximum() > 0, timeout=5000)
+    assert bar.bar.value() / bar.bar.maximum() == 0.75
+    assert bar.label.text() == "Downloading dino.txt 3.00 / 4.0 GB"
+    release.set()
+    qtbot.waitUntil(lambda: task.outcome == "finished", timeout=5000)
+    runner.wait()

@@ -110,9 +110,9 @@ def test_region_search_query_thumbnail_is_the_box(qtbot, family_window, tmp_path
     img.save(path)
     win = family_window
     win.viewer.region_search.emit(str(path), (220.0, 20.0, 380.0, 180.0))
-    item = win.search_panel.query_list.item(0)
-    assert "region" in item.text()
-    pix = item.icon().pixmap(96, 96).toImage()
+    chip = win.search_panel.chips.chip(0)
+    assert "region" in chip.caption.text()
+    pix = chip.thumb.pixmap().toImage()
     centre = pix.pixelColor(pix.width() // 2, pix.height() // 2)
     assert centre.blue() > 180 and centre.red() < 40
     assert pix.width() == pix.height()  # 160×160 box -> square, not the 2:1 photo

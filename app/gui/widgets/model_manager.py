@@ -1,4 +1,5 @@
-"""The model manager: official backbones with download buttons and progress, local checkpoints, the one in use."""
+"""The model manager: official backbones with download buttons and progress, local checkpoints, the one in use,
+and dino.txt (search by words): its download, and indexing the library with it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.widgets.task_bar import set_progress
 from app.gui.workers import Task, TaskRunner
 
 
@@ -28,6 +30,22 @@ def _download(report, cancelled, name: str) -> str:
 
     # a cancel raises engine.progress.Cancelled, which the Task reports as cancelled
     return str(zoo.download(name, progress=lambda p: report(p.done, p.total or 0), cancel=cancelled))
+
+
+def _download_text(report, cancelled, name: str) -> str:
+    from engine.models import zoo
+
+    sizes = zoo.text_entry(name).role_bytes()
+    total = sum(sizes[r] for r, p in zoo.text_model_paths(name).items() if p is None)
+    zoo.download_text_model(name, progress=lambda p: report(min(p.done, total), total), cancel=cancelled)
+    return name
+
+
+def _check_dinotxt(report, cancelled, folder: str) -> str:
+    from engine.models import load_dinotxt
+
+    model = load_dinotxt(folder, allow_download=False)
+    return f"dino.txt, {model.image_encoder().embed_dim}-d vectors"
 
 
 def _check_checkpoint(report, cancelled, path: str) -> str:
@@ -42,13 +60,17 @@ class ModelManager(QDialog):
     """Lists the zoo; Download fetches with a progress bar (cancellable, resumable); Use switches the app."""
 
     model_chosen = Signal(str)
+    text_source_chosen = Signal(str)  # a dino.txt folder to search by words with
+    text_index_requested = Signal()  # index the open library with dino.txt (the window runs it)
 
-    def __init__(self, runner: TaskRunner, current: str, parent: QWidget | None = None) -> None:
+    def __init__(self, runner: TaskRunner, current: str, parent: QWidget | None = None,
+                 text_source: str | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
-        self.resize(820, 420)
+        self.resize(820, 460)
         self.runner = runner
         self.current = current
+        self.text_source = text_source
         self.tasks: dict[str, Task] = {}
         layout = QVBoxLayout(self)
         self.current_label = QLabel()
@@ -63,9 +85,14 @@ class ModelManager(QDialog):
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip("A .pth, .safetensors or .bin file, or a Hugging Face model folder")
         self.load_button.clicked.connect(self._load_checkpoint)
+        self.load_text_button = QPushButton("Load dino.txt folder…")
+        self.load_text_button.setToolTip("A folder holding dino.txt's three official files (backbone, vision head, "
+                                         "text encoder): search by words with it")
+        self.load_text_button.clicked.connect(self._load_dinotxt)
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
         buttons.addWidget(self.load_button)
+        buttons.addWidget(self.load_text_button)
         buttons.addStretch(1)
         buttons.addWidget(close)
         layout.addLayout(buttons)
@@ -77,7 +104,7 @@ class ModelManager(QDialog):
         from engine.models import zoo
 
         demo = bundled_model()
-        return ([demo] if demo else []) + list(zoo.ZOO)
+        return ([demo] if demo else []) + list(zoo.ZOO) + list(zoo.TEXT_MODELS)
 
     def refresh(self) -> None:
         from app.gui.model_service import DEFAULT_MODEL, bundled_model, display_name
@@ -120,6 +147,38 @@ class ModelManager(QDialog):
             button.setObjectName(f"action_{name}")
             button.clicked.connect(lambda _=False, n=name: self._action(n))
             self.table.setCellWidget(row, 4, button)
+        for row, (name, entry) in enumerate(zoo.TEXT_MODELS.items(), start=first + len(zoo.ZOO)):
+            self._text_row(row, name, entry)
+
+    def _text_row(self, row: int, name: str, entry) -> None:
+        """dino.txt: not a backbone to switch to but a second index of the library, searched by words."""
+        from engine.models import zoo
+
+        item = QTableWidgetItem(f"{name} — search by words")
+        item.setToolTip("dino.txt (Meta, Apache-2.0): DINOv2 ViT-L/14 with registers, a vision head and a text "
+                        "encoder. Indexing the library with it lets the Search tab's field find photos by words; "
+                        "the model in use for photos stays as it is")
+        self.table.setItem(row, 0, item)
+        self.table.setItem(row, 1, QTableWidgetItem(f"{entry.params / 1e6:.0f} M"))
+        sizes = entry.role_bytes()
+        left = sum(sizes[r] for r, p in zoo.text_model_paths(name).items() if p is None)
+        size = f"{entry.approx_bytes / 1e9:.1f} GB"
+        if 0 < left < entry.approx_bytes:
+            size += f" ({left / 1e9:.1f} GB left)"
+        self.table.setItem(row, 2, QTableWidgetItem(size))
+        if name in self.tasks:
+            return
+        status = zoo.text_model_status(name)
+        folder = self.text_source not in (None, name, zoo.DINOTXT_HUB_NAME)
+        self.table.setItem(row, 3, QTableWidgetItem(f"using {self.text_source}" if folder else status))
+        ready = status == "downloaded" or folder
+        button = QPushButton("Index library" if ready else "Download")
+        button.setObjectName(f"action_{name}")
+        button.setToolTip("Index the open library with dino.txt in the background, so that words find its photos"
+                          if ready else "Download the three files (resumable); then index the library with it")
+        button.clicked.connect(self.text_index_requested.emit if ready else
+                               (lambda _=False, n=name: self.start_download(n)))
+        self.table.setCellWidget(row, 4, button)
 
     def _row(self, name: str) -> int:
         return self.names().index(name)
@@ -145,15 +204,17 @@ class ModelManager(QDialog):
         cancel = QPushButton("Cancel")
         self.table.setCellWidget(row, 3, bar)
         self.table.setCellWidget(row, 4, cancel)
-        task = Task(_download, name, name=f"download {name}")
+        from engine.models import zoo
+
+        task = Task(_download_text if name in zoo.TEXT_MODELS else _download, name, name=f"download {name}")
         self.tasks[name] = task
         cancel.clicked.connect(task.cancel)
 
         def progress(done: int, total: int, _text: str) -> None:
             if total:
-                bar.setRange(0, total)
-                bar.setValue(done)
-                bar.setFormat(f"{done / 1e6:.1f} / {total / 1e6:.1f} MB")
+                set_progress(bar, done, total)
+                bar.setFormat(f"{done / 1e9:.2f} / {total / 1e9:.2f} GB" if total >= 1e9 else
+                              f"{done / 1e6:.1f} / {total / 1e6:.1f} MB")
 
         def ended(*_: object) -> None:
             self.tasks.pop(name, None)
@@ -178,6 +239,26 @@ class ModelManager(QDialog):
         )
         if path:
             self.load_checkpoint(path)
+
+    def _load_dinotxt(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "A folder with dino.txt's three files", str(Path.home()))
+        if folder:
+            self.load_dinotxt(folder)
+
+    def load_dinotxt(self, folder: str) -> Task:
+        """Check a dino.txt folder in a worker (strict load of the three files); then search by words with it."""
+        task = Task(_check_dinotxt, folder, name="check dino.txt")
+
+        def chosen(desc: str) -> None:
+            self.text_source = folder
+            self.text_source_chosen.emit(folder)
+            self.current_label.setText(f"Search by words: <b>{folder}</b> ({desc})")
+            self.refresh()
+
+        task.signals.finished.connect(chosen)
+        task.signals.failed.connect(lambda msg, _tb: QMessageBox.warning(self, "Not a dino.txt folder", msg))
+        self.runner.start(task)
+        return task
 
     def load_checkpoint(self, path: str) -> Task:
         """Validate a checkpoint in a worker (strict load), then make it the model in use."""

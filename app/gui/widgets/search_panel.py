@@ -1,10 +1,12 @@
-"""Drag-and-drop search: the query photos (removable), the ranked results with cosine scores, "more like these".
+"""Search: words typed in the search field and photos dropped or pasted, as chips (removable), the ranked results
+with cosine scores, "more like these".
 
 Queries may come from anywhere: files dropped from a file manager or from a grid, pixels from a browser or the
-clipboard, a box drawn on the viewer. `engine.query.run_query` reads, recognises and embeds them and ranks the
-library; this panel only collects them and shows the outcome. The main window owns the one drop handler and
-the paste shortcut; both call `search_files`/`search_bytes` with `add=True` when Shift is held (else the new
-photos replace the query).
+clipboard, a box drawn on the viewer, words (dino.txt). `engine.query.run_query` reads, recognises and embeds them
+and ranks the library; this panel only collects them and shows the outcome. The main window owns the one drop
+handler and the paste shortcut; both call `search_files`/`search_bytes` with `add=True` when Shift is held (else
+the new photos replace the photos of the query). Words and photos are two parts of one query: Enter in the search
+field replaces the words (Shift+Enter adds more), a drop replaces the photos, and the query is the mean of all.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImageReader, QKeySequence, QPixmap, QShortcut
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QImageReader, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.gui.thumbnails import ThumbnailCache
 from app.gui.widgets.photo_view import region_thumbnail
+from app.gui.widgets.query_chips import QueryChip, QueryChips
 from app.gui.widgets.thumbnail_grid import GridItem, ThumbnailGrid
 from app.gui.workers import Task, TaskRunner
 
@@ -42,6 +44,7 @@ class Query:
     data: bytes | None = None  # pasted or dragged pixels, encoded (PNG, JPEG...)
     image_id: int | None = None  # a library photo ("More like these")
     box: tuple[float, float, float, float] | None = None  # region of `path`
+    text: str | None = None  # words (dino.txt)
     thumb: QPixmap | None = field(default=None, repr=False)
 
     def source(self):
@@ -63,25 +66,41 @@ def _small_pixmap(path: str, size: int) -> QPixmap:
     return QPixmap.fromImage(reader.read())
 
 
-def _search_task(report, cancelled, models, lib, queries: list[Query], k: int, fold: bool = True):
-    """Run the query through engine.query (the CLI's path too) and return its outcome.
+def _search_task(report, cancelled, models, text, lib, queries: list[Query], k: int, fold: bool = True):
+    """Run the query through engine.query (the CLI's path too); returns (outcome, notes).
 
     ``lib`` is the window's open Library, shared on purpose: it keeps the vector index in memory between searches
     (reading it again from disk cost a search at 100k photos about as much as the model's forward pass). The model
-    is loaded only if a query is not a library photo.
+    is loaded only if a query is not a library photo. With words, everything runs in dino.txt's space: the words'
+    vectors join the photos' (`also`), which dino.txt's image side embeds, against the library's dino.txt vectors.
     """
     from engine.query import Region, run_query
 
-    report(0, 0, "Searching…")
     regions = [q for q in queries if q.box]
-    record = lib.model_by_source(models.source)
-    load = lambda: models.extractor(patch_tokens=bool(regions))
+    words = [q.text for q in queries if q.text]
+    photos = [q.source() for q in queries if not q.text and not q.box]
+    notes: list[str] = []
+    extra = None
+    if words:
+        from engine.text.query import TextQuery, region_text_vector
+
+        report(0, 0, "Reading the words…")
+        record, vectors, notes = text.embed(lib, words)
+        extra = region_text_vector(TextQuery(vectors)) if regions else vectors
+        load = lambda: text.image_extractor(lib, models.device_name, patch_tokens=bool(regions))
+    else:
+        record = lib.model_by_source(models.source)
+        load = lambda: models.extractor(patch_tokens=bool(regions))
+    report(0, 0, "Searching…")
+    model_id = record.id if record else None
     if regions:
         q = regions[-1]
-        return run_query(lib, load, region=Region(q.source(), q.box), k=k,
-                         model_id=record.id if record else None, fold_stacks=fold, cancel=cancelled)
-    return run_query(lib, load, [q.source() for q in queries], k=k, model_id=record.id if record else None,
-                     fold_stacks=fold, cancel=cancelled)
+        outcome = run_query(lib, load, region=Region(q.source(), q.box), k=k, model_id=model_id, also=extra,
+                            fold_stacks=fold, cancel=cancelled)
+    else:
+        outcome = run_query(lib, load, photos, k=k, model_id=model_id, also=extra, fold_stacks=fold,
+                            cancel=cancelled)
+    return outcome, notes
 
 
 class SearchPanel(QWidget):
@@ -90,19 +109,28 @@ class SearchPanel(QWidget):
     status = Signal(str)
     task_started = Signal(object, str)  # a long task: the window's task bar shows its progress and Cancel
     error = Signal(str, str)
+    text_index_needed = Signal(object)  # words were searched in a library without dino.txt vectors: the cost
 
-    def __init__(self, models, libraries, runner: TaskRunner, cache: ThumbnailCache,
+    def __init__(self, models, libraries, runner: TaskRunner, cache: ThumbnailCache, text=None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.models, self.libraries, self.runner = models, libraries, runner
+        self.models, self.libraries, self.runner, self.text = models, libraries, runner, text
         self.queries: list[Query] = []
         self.results: list = []
+        self._warming = None  # the dino.txt load started by the first key press in the search field
 
         top = QHBoxLayout()
-        self.hint = QLabel("Drop photos here (or anywhere on the window), or paste one with Ctrl+V, to find "
-                           "similar photos in the library.")
-        self.hint.setWordWrap(True)
-        top.addWidget(self.hint, 1)
+        self.field = QLineEdit()
+        self.field.setObjectName("search_field")
+        self.field.setPlaceholderText("Search by words, e.g. a red bicycle by the sea (dino.txt) — Enter searches")
+        self.field.setClearButtonEnabled(True)
+        self.field.setToolTip("Words and dropped photos combine into one query. Enter replaces the words of the "
+                              "query; Shift+Enter adds them. Needs the library indexed with dino.txt "
+                              "(Model ▸ Models…)")
+        self.field.returnPressed.connect(self._field_entered)
+        self.field.textEdited.connect(self._warm_up_text)
+        self.field.setEnabled(text is not None)
+        top.addWidget(self.field, 1)
         top.addWidget(QLabel("Results"))
         self.k = QSpinBox()
         self.k.setRange(1, 1000)
@@ -122,21 +150,16 @@ class SearchPanel(QWidget):
         top.addWidget(self.more_button)
         top.addWidget(self.clear_button)
 
-        self.query_list = QListWidget()
-        self.query_list.setViewMode(QListWidget.ViewMode.IconMode)
-        self.query_list.setIconSize(QSize(96, 96))
-        self.query_list.setFixedHeight(132)
-        self.query_list.setFlow(QListWidget.Flow.LeftToRight)
-        self.query_list.setWrapping(False)
-        self.query_list.setToolTip("The query photos; select one and press Delete to remove it")
-        QShortcut(QKeySequence.StandardKey.Delete, self.query_list, activated=self.remove_selected_queries)
+        self.chips = QueryChips("Drop photos here (or anywhere on the window), paste one with Ctrl+V, or type "
+                                "words above, to find matching photos in the library.")
+        self.chips.remove_requested.connect(self.remove_query)
 
         self.grid = ThumbnailGrid(cache)
         self.grid.activated.connect(self._open_result)  # double-click, or Enter on the selected result
 
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.query_list)
+        layout.addWidget(self.chips)
         layout.addWidget(self.grid, 1)
 
     # ------------------------------------------------------------------------------------------ queries
@@ -157,17 +180,51 @@ class SearchPanel(QWidget):
         return self._set_queries(queries, add=True)
 
     def _set_queries(self, queries: list[Query], add: bool) -> Task | None:
-        self.queries = [q for q in self.queries if not q.box] + queries if add else queries
+        """New photos replace the query's photos (a region too), or join them with `add`; the words stay."""
+        if not add:
+            self.queries = [q for q in self.queries if q.text]
+        self.queries = [q for q in self.queries if not q.box] + queries
         return self.run()
+
+    def search_text(self, words: str, add: bool = False) -> Task | None:
+        """Words from the search field: replace the query's words (the photos stay), or join them with `add`."""
+        words = " ".join(words.split())
+        if not words:
+            self.status.emit("Type some words to search for")
+            return None
+        kept = self.queries if add else [q for q in self.queries if not q.text]
+        self.queries = [*kept, Query(label=words, text=words)]
+        return self.run()
+
+    def _field_entered(self) -> None:
+        from PySide6.QtWidgets import QApplication
+
+        words = self.field.text()
+        if words.strip():
+            self.field.clear()  # the words show as a chip from now on
+        self.search_text(words, add=bool(QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier))
+
+    def _warm_up_text(self, _text: str) -> None:
+        """The first key press starts loading dino.txt (3.5 GB), so Enter waits less."""
+        lib = self.libraries.library
+        if self._warming is not None or self.text is None or lib is None:
+            return
+        from engine.text.query import NoTextVectors
+
+        try:
+            self.text.record(lib)
+        except NoTextVectors:
+            return
+        self._warming = self.runner.start(Task(lambda _r, _c: self.text.warm_up(lib), name="dino.txt warm-up"))
 
     def search_region(self, path: str, box: tuple[float, float, float, float]) -> Task | None:
         self.queries = [Query(label=f"{Path(path).name} (region)", path=path, box=box)]
         return self.run()
 
-    def remove_selected_queries(self) -> Task | None:
-        rows = sorted((self.query_list.row(i) for i in self.query_list.selectedItems()), reverse=True)
-        for r in rows:
-            del self.queries[r]
+    def remove_query(self, i: int) -> Task | None:
+        """The chip's ×, or Delete on a chip."""
+        if 0 <= i < len(self.queries):
+            del self.queries[i]
         return self.run() if self.queries else self.clear()
 
     def more_like_selected(self) -> Task | None:
@@ -180,36 +237,48 @@ class SearchPanel(QWidget):
 
     def clear(self) -> None:
         self.queries, self.results = [], []
-        self.query_list.clear()
+        self.chips.set_chips([])
         self.grid.grid_model().set_items([])
 
     def _show_queries(self) -> None:
-        self.query_list.clear()
+        chips = []
         for q in self.queries:
-            item = QListWidgetItem(q.label)
-            pix = QPixmap()
+            pix = None
+            if q.text:
+                chips.append(QueryChip(q.label, None, words=True, tooltip=f"Words: {q.text}"))
+                continue
             if q.data is not None:
+                pix = QPixmap()
                 pix.loadFromData(q.data)
             elif q.path and q.box:  # a region search: the box it looked for, not the whole photo
                 pix = region_thumbnail(q.path, q.box, 96)
             elif q.path:
                 pix = _small_pixmap(q.path, 96)
-            if not pix.isNull():
-                item.setIcon(QIcon(pix.scaled(96, 96, Qt.AspectRatioMode.KeepAspectRatio,
-                                              Qt.TransformationMode.SmoothTransformation)))
-            else:
-                item.setToolTip("unreadable")
-            self.query_list.addItem(item)
+            chips.append(QueryChip(q.label, pix, tooltip=q.path or q.label))
+        self.chips.set_chips(chips)
 
     # -------------------------------------------------------------------------------------------- search
     def run(self) -> Task | None:
         self._show_queries()
         if not self.queries:
             return None
-        if self.libraries.library is None:
+        lib = self.libraries.library
+        if lib is None:
             self.error.emit("No library", "Open a library or add a folder of photos first.")
             return None
-        task = Task(_search_task, self.models, self.libraries.library, list(self.queries), self.k.value(),
+        if any(q.text for q in self.queries):
+            from engine.text.query import NoTextVectors
+
+            if self.text is None:
+                self.error.emit("No search by words", "This window has no dino.txt service.")
+                return None
+            try:
+                self.text.record(lib)
+            except NoTextVectors:
+                self.status.emit("Searching by words needs the library indexed with dino.txt")
+                self.text_index_needed.emit(self.text.cost(lib))
+                return None
+        task = Task(_search_task, self.models, self.text, lib, list(self.queries), self.k.value(),
                     self.stack_box.isChecked(), name="search")
         task.signals.finished.connect(self._show_results)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Search failed", m))
@@ -217,7 +286,8 @@ class SearchPanel(QWidget):
         self.task_started.emit(task, "Searching")
         return self.runner.start(task)
 
-    def _show_results(self, outcome) -> None:
+    def _show_results(self, result) -> None:
+        outcome, notes = result
         results, problems = outcome.results, [u.message for u in outcome.unusable]
         self.results = results
         self.results_changed.emit(list(outcome.in_library), [r.image_id for r in results])
@@ -230,6 +300,7 @@ class SearchPanel(QWidget):
         log.info("search: %s; first: %s", msg, results[0].path if results else None)
         if outcome.in_library:
             msg += f" · {len(outcome.in_library)} from the library, not listed"
+        msg += "".join(f" · {note}" for note in notes)
         if problems:
             msg += f" · {len(problems)} unreadable: " + "; ".join(problems[:3])
             self.error.emit("Some photos could not be read", "\n".join(problems))

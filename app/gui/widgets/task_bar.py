@@ -16,6 +16,13 @@ def _eta(seconds: float | None) -> str:
     return f"ETA {s // 60}:{s % 60:02d}" if s < 3600 else f"ETA {s // 3600}h{s % 3600 // 60:02d}"
 
 
+def set_progress(bar: QProgressBar, done: int, total: int) -> None:
+    """A progress bar counts in 32-bit ints: byte counts of multi-GB downloads are scaled down to fit."""
+    step = -(-total // 2**30) if total > 2**30 else 1
+    bar.setRange(0, total // step)
+    bar.setValue(min(done, total) // step)
+
+
 class TaskBar(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -77,8 +84,7 @@ class TaskBar(QWidget):
             self._progress(done, total, text)
     def _progress(self, done: int, total: int, text: str) -> None:
         if total > 0:
-            self.bar.setRange(0, total)
-            self.bar.setValue(min(done, total))
+            set_progress(self.bar, done, total)
             elapsed = time.monotonic() - self._start
             rate = done / elapsed if elapsed > 0 and done else 0
             self.eta.setText(_eta((total - done) / rate) if rate else "")

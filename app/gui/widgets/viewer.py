@@ -1,4 +1,5 @@
-"""The photo viewer: DINOv2 part colours (PCA), a patch's similarity heatmap, EXIF, region search, show in folder.
+"""The photo viewer: DINOv2 part colours (PCA), a patch's similarity heatmap, where some words are (dino.txt), EXIF,
+region search, show in folder.
 
 Every picture comes from engine.viz; this widget only decides when to ask for one and how to show it.
 """
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSlider,
     QVBoxLayout,
@@ -51,6 +53,18 @@ def _heatmap_task(report, cancelled, image, tokens, xy: tuple[float, float]):
     return render_heatmap(image, maps[0], alpha=1.0), maps
 
 
+def _words_task(report, cancelled, text, image, words: str):
+    """dino.txt's open-vocabulary heatmap of `words` over the photo (the CLI's `heatmap --text`)."""
+    from engine.text.heatmap import text_heatmap
+    from engine.viz.heatmap import render_heatmap
+
+    report(0, 0, "Loading dino.txt…")
+    model = text.model()
+    report(0, 0, "Finding the words…")
+    heat = text_heatmap(model, image, words)
+    return render_heatmap(image, heat, alpha=1.0), heat
+
+
 PARTS_LEGEND = ("Colours: the first 3 principal components of the foreground patches (the same part, the same "
                 "colour); dark: background")
 
@@ -80,9 +94,10 @@ class Viewer(QWidget):
     title_changed = Signal(str)
     status = Signal(str)
 
-    def __init__(self, models, runner: TaskRunner, parent: QWidget | None = None) -> None:
+    def __init__(self, models, runner: TaskRunner, parent: QWidget | None = None, text=None) -> None:
         super().__init__(parent)
-        self.models, self.runner = models, runner
+        self.models, self.runner, self.text = models, runner, text
+        self.words: str | None = None  # the words whose heatmap is shown (kept while walking the list)
         self.path: str | None = None
         self.context: list[str] = []  # other photos for joint colours / heatmaps (e.g. the current results)
         self.image: np.ndarray | None = None
@@ -110,11 +125,12 @@ class Viewer(QWidget):
         for b in (self.prev_button, self.next_button, self.fit_button, self.zoom100_button):
             b.setFixedWidth(max(40, b.fontMetrics().horizontalAdvance(b.text()) + 24))
         bar = QHBoxLayout()
-        self.parts_box = QCheckBox("Part colours (PCA)")
+        self.parts_box = QCheckBox("Parts (PCA)")
         self.parts_box.setToolTip("DINOv2's patch features reduced to three colours; the same part, the same colour")
         self.parts_box.toggled.connect(self._parts_toggled)
-        self.joint_box = QCheckBox("Joint with results")
-        self.joint_box.setToolTip("One PCA over this photo and the search results, so colours match across them")
+        self.joint_box = QCheckBox("Joint")
+        self.joint_box.setToolTip("Joint with the results: one PCA over this photo and the search results (or its "
+                                  "neighbours in the list), so colours match across them")
         self.joint_box.toggled.connect(lambda _on: self._recompute_parts())
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
@@ -128,8 +144,19 @@ class Viewer(QWidget):
         self.threshold.setValue(0.5)
         self.threshold.setToolTip("Foreground threshold on the first component (higher keeps less foreground)")
         self.threshold.valueChanged.connect(lambda _v: self._recompute_parts())
-        self.heat_box = QCheckBox("Click a patch: similarity")
-        self.heat_box.setToolTip("Click anywhere on the photo to see which patches look like that one")
+        self.heat_box = QCheckBox("Patch similarity")
+        self.heat_box.setToolTip("Then click anywhere on the photo to see which patches look like that one")
+        self.words_field = QLineEdit()
+        self.words_field.setObjectName("words_field")
+        self.words_field.setPlaceholderText("Find words in the photo…")
+        self.words_field.setToolTip("Colours the photo by how well each part matches the words (dino.txt, "
+                                    "downloaded in Model ▸ Models…); Enter shows it")
+        self.words_field.setClearButtonEnabled(True)
+        self.words_field.setMinimumWidth(150)
+        self.words_field.setMaximumWidth(260)
+        self.words_field.setEnabled(text is not None)
+        self.words_field.returnPressed.connect(lambda: self.show_words(self.words_field.text()))
+        self.words_field.textChanged.connect(lambda t: self._clear_words() if not t.strip() else None)
         self.region_button = QPushButton("Search a region…")
         self.region_button.setCheckable(True)
         self.region_button.setToolTip("Draw a box around an object to find it in other photos")
@@ -146,6 +173,7 @@ class Viewer(QWidget):
                   self.joint_box, self.heat_box):
             bar.addWidget(w)
         bar.addStretch(1)
+        bar.addWidget(self.words_field, 2)
         self.view = PhotoView()
         self.view.patch_clicked.connect(self._patch_clicked)
         self.view.box_drawn.connect(self._box_drawn)
@@ -188,6 +216,8 @@ class Viewer(QWidget):
         self.info.setText(f"{path}\n{_exif_summary(path)}")
         if self.parts_box.isChecked() or self.heat_box.isChecked():
             self._ensure_tokens()
+        elif self.words:
+            self.show_words(self.words)
 
     def _update_nav(self) -> None:
         n = len(self.sequence)
@@ -248,6 +278,7 @@ class Viewer(QWidget):
     def _parts_toggled(self, on: bool) -> None:
         if on:
             self.heat_box.setChecked(False)
+            self.words = None
             if self.tokens:
                 self._recompute_parts()
             else:
@@ -281,7 +312,36 @@ class Viewer(QWidget):
         if not self.heat_box.isChecked() or self.image is None:
             return
         self.parts_box.setChecked(False)
+        self.words = None
         self._ensure_tokens(then=lambda: self.show_heatmap(x, y))
+
+    def show_words(self, words: str) -> Task | None:
+        """Where the words are in this photo (dino.txt), until the field is cleared; kept while walking the list."""
+        words = " ".join(words.split())
+        if not words or self.image is None or self.text is None:
+            return None
+        self.parts_box.setChecked(False)
+        self.heat_box.setChecked(False)
+        self.words = words
+        task = Task(_words_task, self.text, self.image, words, name="word heatmap")
+        path = self.path
+
+        def shown(result) -> None:
+            overlay, heat = result
+            if self.path != path or self.words != words:
+                return  # the photo or the words changed meanwhile
+            self.view.set_overlay(overlay, self.opacity.value() / 100)
+            self.status.emit(f"“{words}”: best match at cosine {heat.best_score:.3f} (red: most like the words)")
+
+        task.signals.finished.connect(shown)
+        task.signals.failed.connect(lambda m, _tb: self.status.emit(f"Finding the words failed: {m}"))
+        self.status.emit(f"Finding “{words}”…")
+        return self.runner.start(task)
+
+    def _clear_words(self) -> None:
+        if self.words is not None:
+            self.words = None
+            self.view.set_overlay(None)
 
     def show_heatmap(self, x: float, y: float) -> Task:
         task = Task(_heatmap_task, self.image, self.tokens, (x, y), name="heatmap")
