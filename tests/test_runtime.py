@@ -48,6 +48,25 @@ def test_openvino_matches_torch_fp32_on_real_photos(photos: torch.Tensor, regist
         assert cosine(got.patch, ref.patch).mean() >= floor, precision
 
 
+def test_dinotxt_image_side_runs_on_openvino(photos: torch.Tensor, tmp_path: Path) -> None:
+    """Indexing with dino.txt (a ViT-L and the vision head) is the slowest job: OpenVINO runs it, with the same
+    2048-d-style vectors (encode_image; head patch tokens in the patch half) as torch."""
+    from engine.models import load_backbone
+    from tests.dinotxt_helpers import save_tiny_dinotxt
+
+    encoder = load_backbone(save_tiny_dinotxt(tmp_path / "dinotxt"))
+    ref = Extractor(encoder, device="cpu", precision="fp32", backend="torch", patch_tokens=True).embed_tensor(photos)
+    for precision, floor in (("fp32", 0.9999), ("bf16", 0.999)):
+        ex = Extractor(encoder, device="cpu", precision=precision, backend="openvino", patch_tokens=True)
+        assert ex.backend == "openvino", precision
+        got = ex.embed_tensor(photos)
+        assert got.cls.shape == ref.cls.shape == (8, 256)
+        assert cosine(got.cls, ref.cls).min() >= floor, precision
+        assert got.patch.shape == ref.patch.shape
+        assert np.abs(got.patch[..., :128]).max() == 0  # the global half of a patch token stays zero
+        assert cosine(got.patch, ref.patch).mean() >= floor, precision
+
+
 def test_a_batch_larger_than_the_chunk_and_a_single_image(photos: torch.Tensor) -> None:
     model = tiny_backbone(seed=5)
     ex = Extractor(model, device="cpu", precision="fp32", backend="openvino")

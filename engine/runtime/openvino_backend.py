@@ -46,7 +46,8 @@ class FixedSizeBackbone(torch.nn.Module):
         self.register_buffer("pos", pos, persistent=False)
         self.registers = int(model.num_register_tokens)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Every normed output token: CLS, registers, patches."""
         m, b = self.model, x.shape[0]
         t = m.patch_embed(x)
         t = torch.cat([m.cls_token.expand(b, -1, -1), t], dim=1) + self.pos
@@ -54,8 +55,31 @@ class FixedSizeBackbone(torch.nn.Module):
             t = torch.cat([t[:, :1], m.register_tokens.expand(b, -1, -1), t[:, 1:]], dim=1)
         for blk in m.blocks:
             t = blk(t)
-        t = m.norm(t)
+        return m.norm(t)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.tokens(x)
         return t[:, 0], t[:, 1 + self.registers :]
+
+
+class FixedSizeDinoTxt(torch.nn.Module):
+    """dino.txt's image side (engine.models.dinotxt.DinoTxtImageEncoder) at one input size: the frozen backbone's
+    tokens through the vision head; the same 'CLS' (encode_image) and patch layout as its forward_features."""
+
+    def __init__(self, encoder: torch.nn.Module, size: int) -> None:
+        super().__init__()
+        self.backbone = FixedSizeBackbone(encoder.tower.backbone, size)
+        self.head = encoder.tower.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.head(self.backbone.tokens(x))
+        cls, patches = t[:, 0], t[:, 1 + self.backbone.registers :]
+        return torch.cat([cls, patches.mean(dim=1)], dim=-1), torch.cat([torch.zeros_like(patches), patches], -1)
+
+
+def fixed_size(model: torch.nn.Module, size: int) -> torch.nn.Module:
+    """The traceable fixed-size form of a backbone, or of dino.txt's image side (which has a `tower`)."""
+    return (FixedSizeDinoTxt(model, size) if hasattr(model, "tower") else FixedSizeBackbone(model, size)).eval()
 
 
 def _summary(e: BaseException) -> str:
@@ -159,7 +183,7 @@ class OpenVinoRuntime:
         t = time.perf_counter()
         model = _CONVERTED.get((digest, self.input_size))
         if model is None:
-            wrapper = FixedSizeBackbone(folded, self.input_size).eval()
+            wrapper = fixed_size(folded, self.input_size)
             example = torch.zeros(1, 3, self.input_size, self.input_size)
             try:
                 with torch.no_grad(), warnings.catch_warnings():

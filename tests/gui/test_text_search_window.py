@@ -115,6 +115,10 @@ def test_words_search_ranks_by_dinotxt_and_combines_with_a_dropped_photo(qtbot, 
     panel.results = []
     panel.chips.chip(0).remove_button.click()
     assert [c.caption.text() for c in panel.chips.chips] == ["“a rocket”", "“a mug”"]
+    from app.gui.widgets.query_chips import QueryChip
+
+    stale = [c for c in panel.chips.widget().findChildren(QueryChip) if c not in panel.chips.chips]
+    assert all(c.isHidden() for c in stale)  # earlier chips go at once, not drawn under the new ones until later
     assert _wait_results(qtbot, panel) == _expected(dinotxt, photos, ["a rocket", "a mug"])
     # Delete on a focused chip removes it too
     panel.results = []

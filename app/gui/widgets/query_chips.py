@@ -31,7 +31,8 @@ class QueryChip(QFrame):
                                                Qt.TransformationMode.SmoothTransformation))
             layout.addWidget(self.thumb)
         self.caption = QLabel(f"“{label}”" if words else label)
-        self.caption.setMaximumWidth(220 if words else 140)
+        widest = 220 if words else 140
+        self.caption.setMaximumWidth(widest)
         self.caption.setWordWrap(True)
         if words:
             font = self.caption.font()
@@ -39,6 +40,9 @@ class QueryChip(QFrame):
             self.caption.setFont(font)
         elif pixmap is None or pixmap.isNull():
             self.caption.setText(f"{label}\n(unreadable)")
+        # Wrapped labels get squeezed to a few characters a line by the layout: as wide as the text, up to `widest`
+        longest = max(self.caption.fontMetrics().horizontalAdvance(line) for line in self.caption.text().split("\n"))
+        self.caption.setMinimumWidth(min(longest + 4, widest))
         layout.addWidget(self.caption)
         self.remove_button = QToolButton()
         self.remove_button.setText("×")
@@ -80,6 +84,8 @@ class QueryChips(QScrollArea):
         while self.row.count():
             w = self.row.takeAt(0).widget()
             if w is not None and w is not self.hint:
+                w.hide()  # gone now, not only when the event loop gets to deleteLater
+                w.setParent(None)
                 w.deleteLater()
         self.chips = chips
         for i, chip in enumerate(chips):
