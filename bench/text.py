@@ -97,54 +97,47 @@ def text_cosines(tower: torch.nn.Module, tok: Tokenizer, device: torch.device) -
     return out
 
 
-def time_image(device: torch.device, precisions: list[str], seconds: float) -> dict[str, float]:
-    """img/s per precision through the Extractor (what indexing runs), and each one's cosine to fp32."""
+def time_image(device: torch.device, contenders: list[tuple[str, str]], seconds: float) -> dict[str, float]:
+    """img/s per (backend, precision) through the Extractor (what indexing runs), each one's cosine to torch fp32."""
     backbone = _random_(DinoVisionTransformer(OFFICIAL_CONFIGS["dinov2_vitl14_reg"]))
     encoder = DinoTxtImageEncoder(VisionTower(backbone, _random_(VisionHead(VisionHeadConfig()))), "bench")
     x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     out: dict[str, float] = {}
     ref = None
-    for precision in precisions:
-        ex = Extractor(encoder, device=device, precision=precision, batch_size=8, patch_tokens=True)
+    for backend, precision in contenders:
+        name = f"{backend}_{precision}"
+        try:
+            ex = Extractor(encoder, device=device, precision=precision, batch_size=8, patch_tokens=True,
+                           backend=backend)
+        except Exception as e:  # OpenVINO missing or failing: the row says so
+            print(f"image {name}: {e}", flush=True)
+            continue
         first = torch.from_numpy(ex.embed_tensor(x).cls)
+        first = F.normalize(first, dim=-1)
         ref = first if ref is None else ref
-        out[f"cos_{precision}"] = float((first * ref).sum(-1).mean())
+        out[f"cos_{name}"] = float((first * ref).sum(-1).mean())
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             ex.embed_tensor(x)
             n += len(x)
-        out[precision] = n / (time.perf_counter() - t0)
-        print(f"image {precision}: {out[precision]:.2f} img/s", flush=True)
+        out[name] = n / (time.perf_counter() - t0)
+        print(f"image {name}: {out[name]:.2f} img/s, cos {out[f'cos_{name}']:.5f}", flush=True)
     return out
 
 
-def time_text_openvino(tower: TextTower, tok: Tokenizer, hint: str, rounds: int) -> tuple[list[float], float]:
-    """OpenVINO on the CPU: ms per query and mean cosine to torch fp32. The graph takes the ids up to the end
-    token (dynamic length, as our torch path trims them) and returns every position; pooling is outside."""
-    import openvino as ov
+def time_text_openvino(tower: TextTower, tok: Tokenizer, precision: str, rounds: int) -> tuple[list[float], float]:
+    """The search box's encoder (engine.text.openvino_text.OpenVinoText) at `precision`: ms per query and mean
+    cosine to torch fp32."""
+    from engine.text.openvino_text import OpenVinoText
 
-    class Tokens(torch.nn.Module):
-        def __init__(self, t: TextTower) -> None:
-            super().__init__()
-            self.t = t
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return self.t.head(self.t.backbone(ids))
-
-    def encode(compiled, ids: torch.Tensor) -> torch.Tensor:
-        end = int(ids.argmax())
-        return F.normalize(torch.from_numpy(compiled(ids[:, : end + 1].numpy())[0])[0, end], dim=-1)
-
-    example = tok.tokenize(QUERIES[0])[:, :8]
-    with torch.no_grad():
-        model = ov.convert_model(Tokens(tower), example_input=example,
-                                 input=[(ov.PartialShape([1, -1]), ov.Type.i64)])
-    compiled = ov.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    t0 = time.perf_counter()
+    encoder = OpenVinoText(tower, precision)
+    print(f"text OpenVINO {precision}: converted and compiled in {time.perf_counter() - t0:.1f} s", flush=True)
     cosines, out = [], []
     with torch.inference_mode():
         for i in range(rounds + 2):
             t0 = time.perf_counter()
-            v = encode(compiled, tok.tokenize(QUERIES[i % len(QUERIES)]))
+            v = F.normalize(encoder(tok.tokenize(QUERIES[i % len(QUERIES)])).float(), dim=-1)[0]
             if i >= 2:
                 out.append((time.perf_counter() - t0) * 1000)
             if i < len(QUERIES):
@@ -153,25 +146,28 @@ def time_text_openvino(tower: TextTower, tok: Tokenizer, hint: str, rounds: int)
     return out, statistics.mean(cosines)
 
 
-def time_query_100k(tower: torch.nn.Module, tok: Tokenizer, dtype: torch.dtype, device: torch.device,
-                    n: int, rounds: int) -> list[float]:
+def flat_index(n: int):
     from engine.store.vectors import build_faiss
 
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((n, 2048), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    index = build_faiss(matrix, np.arange(n, dtype=np.int64), "flat")  # a library under 1M vectors is flat
-    del matrix
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
-    out = []
-    with torch.inference_mode(), ctx:
+    return build_faiss(matrix, np.arange(n, dtype=np.int64), "flat")  # a library under 1M vectors is flat
+
+
+def time_query_100k(encode, tok: Tokenizer, index, rounds: int) -> tuple[list[float], list[float]]:
+    """Whole text queries (tokenize, encode, search k=20) in ms, and the search part alone."""
+    out, search = [], []
+    with torch.inference_mode():
         for i in range(rounds + 2):
             t0 = time.perf_counter()
-            q = F.normalize(tower(tok.tokenize(QUERIES[i % len(QUERIES)]).to(device)).float(), dim=-1)
+            q = F.normalize(encode(tok.tokenize(QUERIES[i % len(QUERIES)])).float(), dim=-1)
+            t1 = time.perf_counter()
             index.search(q.cpu().numpy(), 20)
             if i >= 2:
                 out.append((time.perf_counter() - t0) * 1000)
-    return out
+                search.append((time.perf_counter() - t1) * 1000)
+    return out, search
 
 
 def main() -> None:
@@ -210,30 +206,48 @@ def main() -> None:
         print(f"text int8: p50 {statistics.median(ms):.1f} ms", flush=True)
 
     if args.openvino and device.type == "cpu":
-        for hint in ("f32", "bf16"):
-            ms, cos = time_text_openvino(tower, tok, hint, args.rounds)
-            results[f"text_ms_openvino_{hint}"], results[f"text_cos_openvino_{hint}"] = ms, cos
-            rows.append([f"text encoding, OpenVINO {hint}", f"{statistics.median(ms):.1f} ms",
-                         f"cos to fp32 {cos:.5f}"])
-            print(f"text OpenVINO {hint}: p50 {statistics.median(ms):.1f} ms, cos {cos:.5f}", flush=True)
+        for precision in ("fp32", "bf16", "int8"):
+            ms, cos = time_text_openvino(tower, tok, precision, args.rounds)
+            results[f"text_ms_openvino_{precision}"], results[f"text_cos_openvino_{precision}"] = ms, cos
+            what = f"text encoding, OpenVINO {precision}" + (" (the search box)" if precision == "int8" else "")
+            rows.append([what, f"{statistics.median(ms):.1f} ms", f"cos to fp32 {cos:.5f}"])
+            print(f"text OpenVINO {precision}: p50 {statistics.median(ms):.1f} ms, cos {cos:.5f}", flush=True)
     medians = {name: statistics.median(results[f"text_ms_{name}"]) for name, _ in precisions}
     best = min(medians, key=medians.get)
     cosines = text_cosines(tower, tok, device)
     results["text_cosine_to_fp32"] = cosines
     for name, cos in cosines.items():
         rows.append([f"text embedding cosine to fp32, {name}", f"{cos:.5f}", ""])
-    ms = time_query_100k(tower, tok, dict(precisions)[best], device, args.vectors, args.rounds)
-    results["query_100k_ms"] = ms
-    rows.append([f"text query over {args.vectors:,} vectors ({best}, flat, k=20)", f"{statistics.median(ms):.1f} ms",
-                 f"{max(ms):.1f} ms"])
+    index = flat_index(args.vectors)
+    dtype = dict(precisions)[best]
+
+    def torch_encode(ids: torch.Tensor, tower: torch.nn.Module = tower) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return tower(ids.to(device))
+
+    encoders = {f"torch {best}": torch_encode}
+    if args.openvino and device.type == "cpu":
+        from engine.text.openvino_text import OpenVinoText
+
+        encoders["OpenVINO int8, the search box"] = OpenVinoText(tower, "int8")
+    for label, encode in encoders.items():
+        ms, search = time_query_100k(encode, tok, index, args.rounds)
+        results[f"query_100k_ms {label}"], results[f"search_100k_ms {label}"] = ms, search
+        rows.append([f"text query over {args.vectors:,} vectors ({label}; flat search k=20: "
+                     f"{statistics.median(search):.1f} ms)", f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms"])
     del tower
 
     if not args.skip_image:
-        image = time_image(device, ["fp32", "bf16"], args.image_seconds)
+        contenders = [("torch", "fp32"), ("torch", "bf16")]
+        if device.type == "cpu":
+            contenders += [("openvino", "fp32"), ("openvino", "bf16")]
+        image = time_image(device, contenders, args.image_seconds)
         results["image"] = image
-        for precision in ("fp32", "bf16"):
-            rows.append([f"image encoding (index), {precision}, batch 8 @224", f"{image[precision]:.2f} img/s",
-                         f"cos to fp32 {image[f'cos_{precision}']:.5f}"])
+        for backend, precision in contenders:
+            name = f"{backend}_{precision}"
+            if name in image:
+                rows.append([f"image encoding (index), {backend} {precision}, batch 8 @224",
+                             f"{image[name]:.2f} img/s", f"cos to torch fp32 {image[f'cos_{name}']:.5f}"])
 
     print(f"{results['machine']}, {results['threads']} threads\n")
     print(table(["what", "p50", "max"], rows))

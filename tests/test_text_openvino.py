@@ -52,9 +52,25 @@ def test_a_changed_text_encoder_file_gets_a_new_key(model, tmp_path):
     assert cache_key(copy) != key
 
 
+def test_int8_weights_keep_the_vectors_and_are_cached_apart(model, tmp_path):
+    """The search box's precision: int8 weights, decompressed in f32 matmuls; its own converted graph on disk."""
+    ids = Tokenizer().tokenize(TEXTS)
+    with torch.no_grad():
+        expected = model.encode_text(ids)
+    key = cache_key(model.files["text_encoder"])
+    int8 = OpenVinoText(model.text_model, "int8", tmp_path, key)
+    cos = torch.nn.functional.cosine_similarity(int8(ids), expected)
+    assert cos.min() > 0.999 and cos.min() < 1 - 1e-7  # close, and not the f32 graph under another name
+    assert (tmp_path / f"dinotxt_text_{key}_int8.xml").is_file()
+    assert not OpenVinoText(model.text_model, "fp32", tmp_path, key).from_cache  # f32 is not the int8 graph
+    assert OpenVinoText(model.text_model, "int8", tmp_path, key).from_cache
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(ids), expected)  # the torch model itself was left in f32
+
+
 def test_search_vectors_are_the_same_with_either_backend(model):
     ov = embed_texts(model, ["a red motorcycle", "coffee"], backend="openvino")
     pt = embed_texts(model, ["a red motorcycle", "coffee"], backend="torch")
-    assert abs(ov.vectors - pt.vectors).max() < 1e-4
+    assert (ov.vectors * pt.vectors).sum(1).min() > 0.999  # unit vectors: the cosine
     with pytest.raises(ValueError, match="unknown backend"):
         encode_text_ids(model, Tokenizer().tokenize("x"), backend="tensorrt")

@@ -25,11 +25,13 @@ from engine.store.library import Library, ModelRecord
 from engine.store.schema import StoreError
 from engine.text.tokenizer import Tokenizer
 
-# Measured with bench/text.py (full-size ViT-L/14-reg + head, random weights, batch 8 at 224 px, bf16 autocast,
-# Extractor as indexing runs it) on the 2-core build machine while it was shared (load ~11): 0.33 img/s (fp32:
-# 0.18). Stated in the "no dino.txt vectors" message so a user can judge the cost before starting.
-CPU_IMAGES_PER_S = 0.33
+# Measured with bench/text.py and bench/backends.py (full-size ViT-L/14-reg + head, random weights, 224 px, bf16,
+# Extractor as indexing runs it) on the quiet 2-core build machine, an Intel Xeon with AMX: 6.9-7.7 img/s (torch and
+# OpenVINO alike; fp32 1.6-1.7). A CPU without AMX is several times slower (0.33 img/s on a shared 2-core EPYC).
+# Stated in the "no dino.txt vectors" message so a user can judge the cost before starting.
+CPU_IMAGES_PER_S = 7.0
 DOWNLOAD_GB = zoo.text_entry(zoo.DINOTXT).approx_bytes / 1e9
+TEXT_OPENVINO_PRECISION = "int8"  # the search box's text encoder (engine.text.openvino_text.PRECISIONS)
 
 
 class NoTextVectors(StoreError):
@@ -71,9 +73,14 @@ def text_model_record(lib: Library, source: str | os.PathLike | None = None) -> 
     raise NoTextVectors(
         f"library '{lib.name}' has no dino.txt vectors, which text search needs. Add them with:\n"
         f"  python -m app index --library {lib.name} --model {zoo.DINOTXT}\n"
-        f"(a one-time {DOWNLOAD_GB:.1f} GB download; its ViT-L ran at {CPU_IMAGES_PER_S:g} photos/s on a shared "
-        f"2-core CPU, where {cost.photos} photos would take about {cost.hours:.1f} h; a GPU is far faster)"
+        f"(a one-time {DOWNLOAD_GB:.1f} GB download; its ViT-L ran at {CPU_IMAGES_PER_S:g} photos/s on a 2-core "
+        f"CPU with AMX, where {cost.photos} photos would take about {_hours(cost.hours)}; CPUs without AMX are "
+        "several times slower, a GPU far faster)"
     )
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{max(1, round(hours * 60))} min"
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,8 @@ _OPENVINO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> c
 
 
 def _openvino_encoder(model: DinoTxt):
-    """The model's text encoder compiled by OpenVINO (f32: same vectors as torch, 5x faster on the build CPU)."""
+    """The model's text encoder compiled by OpenVINO with int8 weights (cosine 0.9999 to torch fp32; 35 ms a query
+    on the quiet build CPU against torch's 165 ms: bench/text.py)."""
     encoder = _OPENVINO.get(model)
     if encoder is None:
         from engine import data_home
@@ -142,15 +150,15 @@ def _openvino_encoder(model: DinoTxt):
 
         text_file = getattr(model, "files", {}).get("text_encoder")
         key = cache_key(text_file) if text_file is not None else None
-        encoder = OpenVinoText(model.text_model, "fp32", data_home.cache_dir() / "openvino", key)
+        encoder = OpenVinoText(model.text_model, TEXT_OPENVINO_PRECISION, data_home.cache_dir() / "openvino", key)
         _OPENVINO[model] = encoder
     return encoder
 
 
 def encode_text_ids(model: DinoTxt, ids: torch.Tensor, backend: str = "torch") -> torch.Tensor:
     """(n, D) unnormalised text features. backend "openvino" suits a long-lived process (the GUI's search box):
-    the first use converts the model (about a minute on the build CPU, then cached on disk) and each later start
-    compiles it (~7 s), after which a query takes 726 ms instead of torch's 3.9 s there (bench/text.py). A
+    the first use converts the model with int8 weights (seconds, then cached on disk) and each start compiles
+    it, after which a query takes 35 ms instead of torch's 165 ms on the quiet build CPU (bench/text.py). A
     one-shot command is faster with "torch"."""
     if backend not in ("torch", "openvino"):
         raise ValueError(f"unknown backend {backend!r}; choose torch or openvino")
