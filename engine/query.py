@@ -19,7 +19,6 @@ own results, since it would only come first with a score of 1.0 and tell nothing
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from engine.search import (
     search_by_vectors,
     stored_vectors,
 )
+from engine.store.scan import content_hash
 from engine.store.schema import Embedding, Image
 
 if TYPE_CHECKING:
@@ -91,11 +91,6 @@ def label(source: Source, i: int = 0) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     return f"query {i + 1}"
-
-
-def content_hash(data: bytes | bytearray | memoryview) -> str:
-    """The library's content hash (engine.store.schema Image.content_hash): blake2b-128 of the whole file."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Unusable]]:

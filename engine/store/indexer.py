@@ -38,7 +38,17 @@ from engine.imageio import ImageDecodeError, ImageInfo, load_rgb, read_info
 from engine.progress import Cancelled, Progress, ProgressFn
 from engine.store.library import Library, ModelRecord
 from engine.store.regions import pool_regions
-from engine.store.scan import FolderScan, FoundFile, KnownImage, Plan, compare, in_part, scan_dirs, scan_folders
+from engine.store.scan import (
+    FolderScan,
+    FoundFile,
+    KnownImage,
+    Plan,
+    compare,
+    content_hash,
+    in_part,
+    scan_dirs,
+    scan_folders,
+)
 from engine.store.schema import Embedding, Image, Model, Region, StoreError, Thumbnail, utcnow
 from engine.transforms import eval_transform
 
@@ -199,7 +209,7 @@ def prepare(job: _Job, missing_hashes: frozenset[str] = frozenset()) -> _Prepare
     except MemoryError:
         out.error = "there is not enough memory to read it"
         return out
-    out.hash = hashlib.blake2b(data, digest_size=16).hexdigest()  # ~1 GB/s, and hashlib releases the GIL
+    out.hash = content_hash(data)
     if not data:
         out.error = "the file is empty (0 bytes)"
         return out
