@@ -306,8 +306,7 @@ class MainWindow(PhotoActions, QMainWindow):
         self.library_panel.show_library(Library.list_names(), lib.name, [str(f.path) for f in lib.folders()],
                                         lib.counts(), [p for _i, p in rows])
         self.browse.set_stacks(self._stacks(lib))
-        self.browse.set_folder(self.library_panel.selected_folder)
-        self.browse.show_rows(rows)
+        self.browse.set_folder(self.library_panel.selected_folder, rows)
         self._update_title()
 
     def _stacks(self, lib) -> dict[int, list[int]]:

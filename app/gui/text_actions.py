@@ -33,11 +33,14 @@ class TextActions(QObject):
     def text(self):
         return self.window.text
 
-    def offer_index(self, cost) -> QMessageBox:
+    def offer_index(self, cost) -> QMessageBox | None:
         """Words were searched in a library without dino.txt vectors: say what indexing costs and offer it."""
         from engine.models import zoo
 
         lib = self.window.libraries.library
+        if not cost.photos:
+            self.window.statusBar().showMessage("The library has no photos yet: add a folder first", 8000)
+            return None
         download = (f"downloads {cost.download_bytes / 1e9:.1f} GB once (dino.txt: its ViT-L/14 with registers, "
                     "vision head and text encoder), then " if cost.download_bytes else "")
         source = self.text.source
@@ -66,19 +69,30 @@ class TextActions(QObject):
             return self.task
         running = w._indexing
         if running is not None and running.outcome is None:  # one writer at a time: start when that one ends
-            for sig in (running.signals.finished, running.signals.failed, running.signals.cancelled):
-                sig.connect(lambda *_: QTimer.singleShot(0, lambda: self.index_library(resumed)))
-            self.text.mark_pending(str(lib.root))
+            root = str(lib.root)
+
+            def after(_result) -> None:
+                now = w.libraries.library
+                if not self.closing and now is not None and str(now.root) == root:
+                    QTimer.singleShot(0, lambda: self.index_library(resumed))
+
+            running.signals.finished.connect(after)  # not after a Cancel or a failure: the user decides again
+            self.text.mark_pending(root)
             w.statusBar().showMessage("Indexing for text search starts when the running indexing ends", 8000)
             return None
         task = self.text.index_task(str(lib.root), w.models.device_name, before=w.watcher.stop)
         self.task = w._indexing = task
         self.text.mark_pending(str(lib.root))
         task.signals.finished.connect(lambda _r: self._ended(search_again=True))
-        task.signals.failed.connect(lambda *_: self._ended())
+        # A failure (a dropped connection, a full disk) keeps it pending: the next start tries again, as promised
+        task.signals.failed.connect(lambda *_: self._ended(keep_pending=True))
         task.signals.cancelled.connect(lambda: self._ended(keep_pending=self.closing))
         title = "Resuming indexing for text search" if resumed else "Indexing for text search (dino.txt)"
-        return w.run_task(task, title, on_progress=lambda *_: w._maybe_refresh_while_indexing())
+        return w.run_task(task, title, on_progress=self._progress)
+
+    def _progress(self, _done: int, _total: int, text: str) -> None:
+        if not text.startswith("Downloading"):  # the grid follows the photos, not the bytes of a download
+            self.window._maybe_refresh_while_indexing()
 
     def _ended(self, search_again: bool = False, keep_pending: bool = False) -> None:
         if not keep_pending:

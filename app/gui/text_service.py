@@ -51,16 +51,21 @@ class TextService(QObject):
         self._extractor: Any = None
         self._vectors: dict[tuple, Any] = {}  # (model key, text) -> (unit vector, notes)
         self.backend: str | None = None  # "torch" or "openvino", chosen at the first text encoded
+        self._source = self._read_source()  # read here, on the UI thread: workers never touch QSettings
 
     # ------------------------------------------------------------------------------------------ source
-    @property
-    def source(self) -> str:
+    def _read_source(self) -> str:
         from engine.models import zoo
 
         return str(self.settings.value(SOURCE_KEY, zoo.DINOTXT))
 
+    @property
+    def source(self) -> str:
+        return self._source
+
     def set_source(self, source: str) -> None:
         self.settings.setValue(SOURCE_KEY, source)
+        self._source = source
         self.source_changed.emit(source)
 
     def record(self, lib):
@@ -96,9 +101,15 @@ class TextService(QObject):
             return self._model
 
     def library_model(self, lib, progress=None):
-        """(record, model): the dino.txt the library's vectors came from."""
+        """(record, model): the dino.txt the library's vectors came from. The model stays on the CPU, where
+        OpenVINO reads its text encoder; the word heatmap runs it there too rather than moving a shared model."""
         record = self.record(lib)
         return record, self.model(progress=progress, record=record)
+
+    def coverage(self, lib, record) -> tuple[int, int]:
+        """(photos with this dino.txt's vectors, photos in the library)."""
+        counts = lib.counts()
+        return int(counts.get("per_model", {}).get(record.id, 0)), int(counts.get("ok", 0))
 
     def embed(self, lib, texts: list[str], progress=None):
         """(record, (n, D) unit vectors, notes) for the words, against the library's dino.txt vectors. A text
@@ -107,9 +118,9 @@ class TextService(QObject):
 
         from engine.text.query import embed_texts, text_backend
 
-        record, model = self.library_model(lib, progress)
         rows, notes = [], []
-        with self._lock:
+        with self._lock:  # held throughout: a reload in between would file vectors under the wrong model
+            record, model = self.library_model(lib, progress)
             for text in texts:
                 key = (self._model_key, text)
                 if key not in self._vectors:
@@ -133,8 +144,8 @@ class TextService(QObject):
         """dino.txt's image side wrapped for queries by photo (the space the library's text vectors live in)."""
         from engine.extract import Extractor
 
-        _record, model = self.library_model(lib)
         with self._lock:
+            _record, model = self.library_model(lib)
             if self._extractor is None:
                 self._extractor = Extractor(model.image_encoder(), device=device)
             ex = self._extractor

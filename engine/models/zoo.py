@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,8 +175,17 @@ def text_model_paths(name: str) -> dict[str, Path | None]:
             for role, fn in e.filenames().items()}
 
 
+_TEXT_DOWNLOAD = threading.Lock()  # the window may start it twice (Models dialog, text indexing): one writer
+
+
 def download_text_model(name: str, progress: ProgressFn | None = None, cancel=None) -> dict[str, Path]:
-    """Fetch the files not downloaded yet (each resumable); progress counts bytes over all of them."""
+    """Fetch the files not downloaded yet (each resumable); progress counts bytes over all of them. A second
+    caller waits for the first and then finds the files on disk."""
+    with _TEXT_DOWNLOAD:
+        return _download_text_model(name, progress, cancel)
+
+
+def _download_text_model(name: str, progress: ProgressFn | None, cancel) -> dict[str, Path]:
     e = text_entry(name)
     paths = text_model_paths(name)
     done_before = 0

@@ -291,3 +291,44 @@ def test_models_dialog_checks_a_dinotxt_folder(qtbot, tmp_path: Path, dinotxt, m
     qtbot.waitUntil(lambda: bool(warnings), timeout=20000)
     assert "needs three files" in warnings[0] and "vision_head" in warnings[0]
     runner.wait()
+
+
+def test_words_say_when_they_reach_only_part_of_the_library(qtbot, family, dinotxt, tiny_checkpoint) -> None:
+    """Photos added after the dino.txt run are indexed with the photo model only: a words search says so."""
+    from PIL import Image
+
+    from engine.store import Library
+    from engine.store.indexer import index_library
+
+    photos, settings = family
+    _index_with_dinotxt(dinotxt, photos)
+    Image.open(next(photos.rglob("coffee.jpg"))).rotate(180).save(photos / "things" / "new.jpg")
+    with Library.open("family") as lib:
+        index_library(lib, str(tiny_checkpoint), device="cpu")
+        assert lib.counts()["ok"] == 6
+    settings.setValue("text/source", str(dinotxt))
+    win = _window(qtbot, settings)
+    messages: list[str] = []
+    win.search_panel.status.connect(messages.append)
+    _type_and_enter(qtbot, win.search_panel.field, "a mug")
+    _wait_results(qtbot, win.search_panel)
+    qtbot.waitUntil(lambda: any("results for" in m for m in messages), timeout=10000)
+    assert "words reach 5 of 6 photos so far" in next(m for m in messages if "results for" in m)
+    qtbot.waitUntil(lambda: not win.task_bar.isVisible(), timeout=30000)
+
+
+def test_a_failed_text_indexing_says_why_and_is_tried_again_next_start(qtbot, family, tmp_path) -> None:
+    """A dropped connection or a broken folder: the error is shown, and the run stays pending (a restart retries);
+    only a Cancel drops it."""
+    _photos, settings = family
+    broken = save_tiny_dinotxt(tmp_path / "broken")
+    (broken / "dinov2_vitl14_reg4_dinotxt_tet1280d20h24l_vision_head.pth").unlink()
+    settings.setValue("text/source", str(broken))
+    win = _window(qtbot, settings)
+    root = str(win.libraries.library.root)
+    task = win.text_actions.index_library()
+    qtbot.waitUntil(lambda: task.outcome is not None, timeout=30000)
+    assert task.outcome == "failed" and "vision_head" in task.error
+    qtbot.waitUntil(lambda: getattr(win, "last_error", None) is not None, timeout=5000)
+    assert "vision_head" in win.last_error.text()
+    assert win.text.pending_for(root)

@@ -98,9 +98,10 @@ class BrowseTab(QWidget):
     def order(self) -> str:
         return SORTS[self.sort_box.currentText()]
 
-    def set_folder(self, folder: str) -> None:
+    def set_folder(self, folder: str, rows: list[tuple[int, str]] | None = None) -> None:
+        """Show the photos under `folder` ("" = all), of `rows` when given (one pass over a 100k library, not two)."""
         self.folder = folder
-        self.show_rows(self.rows)
+        self.show_rows(self.rows if rows is None else rows)
 
     def set_stacks(self, stacks: dict[int, list[int]]) -> None:
         """Stacks of near-identical copies and bursts: one tile per stack (its cover, with a count) until opened."""
@@ -120,17 +121,20 @@ class BrowseTab(QWidget):
         stack only by its cover."""
         self.rows = rows
         hidden = {m for cover, members in self.stacks.items() if cover not in self.expanded for m in members[1:]}
+        folder, stacks, expanded = self.folder, self.stacks, self.expanded
+        inside = rows if not folder else [(i, p) for i, p in rows if under(p, folder)]
         shown = []
-        for i, p in rows:
-            if i in hidden or not under(p, self.folder):
+        for i, p in inside:  # 100k rows: kept to one cheap pass (it runs on the UI thread)
+            if i in hidden:
                 continue
-            members = self.stacks.get(i)
-            caption = ""
+            members = stacks.get(i)
             if members:
-                caption = f"▾ {len(members)} photos" if i in self.expanded else f"▸ stack of {len(members)}"
-            shown.append(GridItem(i, p, caption=caption))
+                caption = f"▾ {len(members)} photos" if i in expanded else f"▸ stack of {len(members)}"
+                shown.append(GridItem(i, p, caption=caption))
+            else:
+                shown.append(GridItem(i, p))
         self.grid.grid_model().set_items(shown)
         where = f" in {os.path.basename(self.folder.rstrip('/'))}" if self.folder else ""
-        stacked = sum(1 for i, p in rows if i in hidden and under(p, self.folder))
+        stacked = len(inside) - len(shown)
         more = f" (+{stacked} in stacks)" if stacked else ""
         self.grid_status.setText(f"{len(shown)} photos{more}{where}" + (" so far" if self.indexing else ""))

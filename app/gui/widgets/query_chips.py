@@ -85,7 +85,6 @@ class QueryChips(QScrollArea):
             w = self.row.takeAt(0).widget()
             if w is not None and w is not self.hint:
                 w.hide()  # gone now, not only when the event loop gets to deleteLater
-                w.setParent(None)
                 w.deleteLater()
         self.chips = chips
         for i, chip in enumerate(chips):

@@ -86,6 +86,10 @@ def _search_task(report, cancelled, models, text, lib, queries: list[Query], k: 
 
         report(0, 0, "Reading the words…")
         record, vectors, notes = text.embed(lib, words)
+        have, photos_in_library = text.coverage(lib, record)
+        if have < photos_in_library:  # a cancelled or unfinished run, or photos added since
+            notes = [*notes, f"words reach {have} of {photos_in_library} photos so far (Model ▸ Models… ▸ "
+                             "Index library adds the others)"]
         extra = region_text_vector(TextQuery(vectors)) if regions else vectors
         load = lambda: text.image_extractor(lib, models.device_name, patch_tokens=bool(regions))
     else:
@@ -117,7 +121,7 @@ class SearchPanel(QWidget):
         self.models, self.libraries, self.runner, self.text = models, libraries, runner, text
         self.queries: list[Query] = []
         self.results: list = []
-        self._warming = None  # the dino.txt load started by the first key press in the search field
+        self._warming: str | None = None  # the library whose dino.txt load the first key press started
 
         top = QHBoxLayout()
         self.field = QLineEdit()
@@ -207,15 +211,16 @@ class SearchPanel(QWidget):
     def _warm_up_text(self, _text: str) -> None:
         """The first key press starts loading dino.txt (3.5 GB), so Enter waits less."""
         lib = self.libraries.library
-        if self._warming is not None or self.text is None or lib is None:
+        if self.text is None or lib is None or self._warming == str(lib.root):
             return
+        self._warming = str(lib.root)  # once per library: not two COUNT queries per key press
         from engine.text.query import NoTextVectors
 
         try:
             self.text.record(lib)
         except NoTextVectors:
             return
-        self._warming = self.runner.start(Task(lambda _r, _c: self.text.warm_up(lib), name="dino.txt warm-up"))
+        self.runner.start(Task(lambda _r, _c: self.text.warm_up(lib), name="dino.txt warm-up"))
 
     def search_region(self, path: str, box: tuple[float, float, float, float]) -> Task | None:
         self.queries = [Query(label=f"{Path(path).name} (region)", path=path, box=box)]

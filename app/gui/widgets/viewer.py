@@ -58,10 +58,13 @@ def _words_task(report, cancelled, text, image, words: str):
     from engine.text.heatmap import text_heatmap
     from engine.viz.heatmap import render_heatmap
 
+    if cancelled():
+        return None  # the viewer moved on to another photo before this one started
     report(0, 0, "Loading dino.txt…")
     model = text.model()
     report(0, 0, "Finding the words…")
-    heat = text_heatmap(model, image, words)
+    device = str(next(model.parameters()).device)  # the shared model is never moved (the search box uses it too)
+    heat = text_heatmap(model, image, words, device=device)
     return render_heatmap(image, heat, alpha=1.0), heat
 
 
@@ -98,6 +101,7 @@ class Viewer(QWidget):
         super().__init__(parent)
         self.models, self.runner, self.text = models, runner, text
         self.words: str | None = None  # the words whose heatmap is shown (kept while walking the list)
+        self._words_task: Task | None = None
         self.path: str | None = None
         self.context: list[str] = []  # other photos for joint colours / heatmaps (e.g. the current results)
         self.image: np.ndarray | None = None
@@ -323,10 +327,15 @@ class Viewer(QWidget):
         self.parts_box.setChecked(False)
         self.heat_box.setChecked(False)
         self.words = words
+        if self._words_task is not None:
+            self._words_task.cancel()  # walking the list: only the newest photo's map is wanted
         task = Task(_words_task, self.text, self.image, words, name="word heatmap")
+        self._words_task = task
         path = self.path
 
         def shown(result) -> None:
+            if result is None:
+                return
             overlay, heat = result
             if self.path != path or self.words != words:
                 return  # the photo or the words changed meanwhile
