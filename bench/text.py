@@ -147,12 +147,14 @@ def time_text_openvino(tower: TextTower, tok: Tokenizer, precision: str, rounds:
 
 
 def flat_index(n: int):
-    from engine.store.vectors import build_faiss
+    """The library's own VectorIndex over n random 2048-d vectors (flat under 1M vectors; its search path)."""
+    from engine.store.vectors import VectorIndex, build_faiss
 
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((n, 2048), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    return build_faiss(matrix, np.arange(n, dtype=np.int64), "flat")  # a library under 1M vectors is flat
+    ids = np.arange(n, dtype=np.int64)
+    return VectorIndex(0, 0, 2048, ids, matrix, build_faiss(matrix, ids, "flat"), "flat")
 
 
 def time_query_100k(encode, tok: Tokenizer, index, rounds: int) -> tuple[list[float], list[float]]:

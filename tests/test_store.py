@@ -421,3 +421,34 @@ def test_compare_sorts_files_and_protects_what_it_could_not_see(tmp_path: Path) 
     assert plan.unchanged == 2  # same.jpg, and broken.jpg which stays an error until it changes
     assert sorted(r.id for r in plan.missing) == [5, 8]
     assert plan.protected == 2  # under the unreadable folder, and in the missing source folder
+
+
+def test_few_queries_search_with_blas_and_match_faiss_exactly() -> None:
+    """The flat index answers a few queries with one BLAS product over the in-memory vectors (all cores): the
+    same ids and scores as FAISS's flat scan, exact ties in row order, and the same padding when k exceeds the
+    library."""
+    import faiss
+
+    from engine.store.vectors import _exact_search
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 64)).astype(np.float32)
+    x[100] = x[7]  # exact duplicates tie: the lower row first (FAISS's own tie order is its heap's)
+    x[300] = x[7]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = rng.permutation(10_000)[:500].astype(np.int64)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(64))
+    index.add_with_ids(x, ids)
+    q = np.concatenate([x[7:8], rng.standard_normal((5, 64)).astype(np.float32)])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for k in (1, 3, 20, 500):
+        want_s, want_i = index.search(q, k)
+        got_s, got_i = _exact_search(x, ids, q, k)
+        np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+        assert [set(r) for r in got_i.tolist()] == [set(r) for r in want_i.tolist()], k
+        if k <= 20:  # no ties at the top of random rows: the very same order (the far tail has float near-ties)
+            assert np.array_equal(got_i[1:], want_i[1:]), k
+    assert list(_exact_search(x, ids, q[:1], 3)[1][0]) == [ids[7], ids[100], ids[300]]
+    got_s, got_i = _exact_search(x, ids, q[:2], 600)  # more than the library holds
+    assert (got_i[:, 500:] == -1).all() and np.isneginf(got_s[:, 500:]).all()
+    assert sorted(got_i[0, :500].tolist()) == sorted(ids.tolist())

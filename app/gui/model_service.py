@@ -106,12 +106,16 @@ class ModelService(QObject):
         ex = self.extractor()
         ex.embed_tensor(torch.zeros(1, 3, 224, 224))  # the first forward allocates and picks kernels
         if library is not None:
-            from engine.store.vectors import vector_index
-
-            record = library.model_by_source(self.source)
-            if record is not None:
-                vector_index(library, record.id)
+            self.warm_up_index(library)
         return "ready"
+
+    def warm_up_index(self, library) -> None:
+        """Read the library's vector index of the model in use into memory (call from a worker)."""
+        from engine.store.vectors import vector_index
+
+        record = library.model_by_source(self.source)
+        if record is not None:
+            vector_index(library, record.id)
 
     def backbone(self, progress=None):
         return self.extractor(progress).model

@@ -19,6 +19,8 @@ from app.gui.workers import Task
 log = logging.getLogger(__name__)
 
 SOURCE_KEY = "text/source"  # the dino.txt a library is indexed with when it has none yet: zoo name or folder
+# engine.models.zoo.DINOTXT written out: importing the zoo imports torch, which loads after the first paint
+DEFAULT_SOURCE = "dinov2_vitl14_reg4_dinotxt"
 PENDING_KEY = "text/indexing"  # the library root whose text indexing has not ended (resumed at the next start)
 
 
@@ -55,9 +57,7 @@ class TextService(QObject):
 
     # ------------------------------------------------------------------------------------------ source
     def _read_source(self) -> str:
-        from engine.models import zoo
-
-        return str(self.settings.value(SOURCE_KEY, zoo.DINOTXT))
+        return str(self.settings.value(SOURCE_KEY, DEFAULT_SOURCE))
 
     @property
     def source(self) -> str:

@@ -118,6 +118,27 @@ def read_snapshot(lib: Library, model_id: int, with_vectors: bool = True) -> Sna
     return Snapshot(model_id, revision, dim, ids, matrix, whose)
 
 
+# A few queries against a flat index: one BLAS matrix-vector product over the vectors already in memory, on every
+# core. FAISS's flat search scans with one thread per query: at 100k x 2048 (dino.txt) 58 ms against numpy's 33 ms
+# on the 2-core build machine, and the same exact scores.
+EXACT_BLAS_MAX_QUERIES = 16
+
+
+def _exact_search(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, best first, ties in row order (as FAISS's flat index gives them)."""
+    scores = q @ np.asarray(vectors).T  # (nq, n)
+    n = scores.shape[1]
+    kk = min(k, n)
+    out_s = np.full((len(q), k), -np.inf, np.float32)
+    out_i = np.full((len(q), k), -1, np.int64)
+    for r, row in enumerate(scores):
+        top = np.argpartition(-row, kk - 1)[:kk] if kk < n else np.arange(n)
+        top = top[np.lexsort((top, -row[top]))]
+        out_s[r, :kk] = row[top]
+        out_i[r, :kk] = ids[top]
+    return out_s, out_i
+
+
 def desired_kind(lib: Library, count: int) -> str:
     return "flat" if count < lib.setting("ann_threshold") else lib.setting("ann_kind")
 
@@ -210,6 +231,8 @@ class VectorIndex:
             raise ValueError(f"k must be at least 1, got {k}")
         if self.count == 0 or len(q) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        if self.kind == "flat" and len(q) <= EXACT_BLAS_MAX_QUERIES:
+            return _exact_search(self._vectors, self._ids, q, k)
         scores, ids = self._index.search(q, k)
         scores[ids < 0] = -np.inf
         return scores, ids
