@@ -254,7 +254,7 @@ def test_models_dialog_downloads_dinotxt_and_offers_to_index(qtbot, zoo_mirror: 
     dlg = ModelManager(runner, "dinov2_vits14", text_source=zoo.DINOTXT)
     qtbot.addWidget(dlg)
     row = dlg.names().index(zoo.DINOTXT)
-    assert "search by words" in dlg.table.item(row, 0).text()
+    assert dlg.table.item(row, 0).text() == f"{zoo.DINOTXT}\n(search by words)"
     assert dlg.table.item(row, 2).text() == f"{zoo.text_entry(zoo.DINOTXT).approx_bytes / 1e9:.1f} GB" == "3.5 GB"
     assert dlg.table.item(row, 3).text() == "not downloaded"
     button = dlg.table.cellWidget(row, 4)

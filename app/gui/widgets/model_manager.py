@@ -78,6 +78,8 @@ class ModelManager(QDialog):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Model", "Parameters", "Download size", "Status", ""])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        # The names are what a user reads first (dino.txt's is 26 characters): never elided
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         layout.addWidget(self.table)
@@ -154,7 +156,7 @@ class ModelManager(QDialog):
         """dino.txt: not a backbone to switch to but a second index of the library, searched by words."""
         from engine.models import zoo
 
-        item = QTableWidgetItem(f"{name} — search by words")
+        item = QTableWidgetItem(f"{name}\n(search by words)")
         item.setToolTip("dino.txt (Meta, Apache-2.0): DINOv2 ViT-L/14 with registers, a vision head and a text "
                         "encoder. Indexing the library with it lets the Search tab's field find photos by words; "
                         "the model in use for photos stays as it is")
