@@ -30,8 +30,7 @@ def _text_index_task(report, cancelled, library_root: str, source: str, device: 
     from engine.models import zoo
 
     if source in (zoo.DINOTXT, zoo.DINOTXT_HUB_NAME) and zoo.text_model_status(source) != "downloaded":
-        sizes = zoo.text_entry(source).role_bytes()
-        total = sum(sizes[r] for r, p in zoo.text_model_paths(source).items() if p is None)
+        total = zoo.text_download_bytes(source)
 
         def progress(p) -> None:
             report(min(p.done, total), total, f"Downloading dino.txt {p.done / 1e9:.2f} / {total / 1e9:.1f} GB")
@@ -68,16 +67,16 @@ class TextService(QObject):
         self._source = source
         self.source_changed.emit(source)
 
-    def record(self, lib):
-        """The library's dino.txt model record, or engine.text.query.NoTextVectors (cheap: call from the UI)."""
+    def record(self, lib, counts: dict | None = None):
+        """The library's dino.txt model record, or engine.text.query.NoTextVectors."""
         from engine.text.query import text_model_record
 
-        return text_model_record(lib)
+        return text_model_record(lib, counts=counts)
 
-    def cost(self, lib):
+    def cost(self, lib, counts: dict | None = None):
         from engine.text.query import text_index_cost
 
-        return text_index_cost(lib, self.source)
+        return text_index_cost(lib, self.source, counts)
 
     # ------------------------------------------------------------------------------------------- model
     def model(self, source: str | None = None, progress=None, record=None):
@@ -100,18 +99,14 @@ class TextService(QObject):
                 self._model_key = (source, record.checkpoint_hash)
             return self._model
 
-    def library_model(self, lib, progress=None):
-        """(record, model): the dino.txt the library's vectors came from. The model stays on the CPU, where
-        OpenVINO reads its text encoder; the word heatmap runs it there too rather than moving a shared model."""
-        record = self.record(lib)
+    def library_model(self, lib, progress=None, record=None):
+        """(record, model): the dino.txt the library's vectors came from (`record`, if the caller has it). The
+        model stays on the CPU, where OpenVINO reads its text encoder; the word heatmap runs it there too rather
+        than moving a shared model."""
+        record = record if record is not None else self.record(lib)
         return record, self.model(progress=progress, record=record)
 
-    def coverage(self, lib, record) -> tuple[int, int]:
-        """(photos with this dino.txt's vectors, photos in the library)."""
-        counts = lib.counts()
-        return int(counts.get("per_model", {}).get(record.id, 0)), int(counts.get("ok", 0))
-
-    def embed(self, lib, texts: list[str], progress=None):
+    def embed(self, lib, texts: list[str], progress=None, record=None):
         """(record, (n, D) unit vectors, notes) for the words, against the library's dino.txt vectors. A text
         searched before costs nothing; the first one encoded compiles the OpenVINO text encoder where it is used."""
         import numpy as np
@@ -120,7 +115,7 @@ class TextService(QObject):
 
         rows, notes = [], []
         with self._lock:  # held throughout: a reload in between would file vectors under the wrong model
-            record, model = self.library_model(lib, progress)
+            record, model = self.library_model(lib, progress, record)
             for text in texts:
                 key = (self._model_key, text)
                 if key not in self._vectors:
@@ -140,12 +135,12 @@ class TextService(QObject):
                 notes.extend(why)
         return record, np.stack(rows).astype(np.float32), notes
 
-    def image_extractor(self, lib, device: str = "auto", patch_tokens: bool = False):
+    def image_extractor(self, lib, device: str = "auto", patch_tokens: bool = False, record=None):
         """dino.txt's image side wrapped for queries by photo (the space the library's text vectors live in)."""
         from engine.extract import Extractor
 
         with self._lock:
-            _record, model = self.library_model(lib)
+            _record, model = self.library_model(lib, record=record)
             if self._extractor is None:
                 self._extractor = Extractor(model.image_encoder(), device=device)
             ex = self._extractor

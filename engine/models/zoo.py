@@ -211,6 +211,12 @@ def _download_text_model(name: str, progress: ProgressFn | None, cancel) -> dict
     return {role: p for role, p in paths.items() if p is not None}
 
 
+def text_download_bytes(name: str) -> int:
+    """About how many bytes are still to download: the files of the three not on disk yet."""
+    sizes = text_entry(name).role_bytes()
+    return sum(sizes[role] for role, path in text_model_paths(name).items() if path is None)
+
+
 def text_model_status(name: str) -> str:
     """'downloaded' (all three files), 'partial' (some files, or an interrupted download that can resume) or
     'not downloaded'."""

@@ -35,8 +35,7 @@ def _download(report, cancelled, name: str) -> str:
 def _download_text(report, cancelled, name: str) -> str:
     from engine.models import zoo
 
-    sizes = zoo.text_entry(name).role_bytes()
-    total = sum(sizes[r] for r, p in zoo.text_model_paths(name).items() if p is None)
+    total = zoo.text_download_bytes(name)
     zoo.download_text_model(name, progress=lambda p: report(min(p.done, total), total), cancel=cancelled)
     return name
 
@@ -162,8 +161,7 @@ class ModelManager(QDialog):
                         "the model in use for photos stays as it is")
         self.table.setItem(row, 0, item)
         self.table.setItem(row, 1, QTableWidgetItem(f"{entry.params / 1e6:.0f} M"))
-        sizes = entry.role_bytes()
-        left = sum(sizes[r] for r, p in zoo.text_model_paths(name).items() if p is None)
+        left = zoo.text_download_bytes(name)
         size = f"{entry.approx_bytes / 1e9:.1f} GB"
         if 0 < left < entry.approx_bytes:
             size += f" ({left / 1e9:.1f} GB left)"
@@ -258,7 +256,10 @@ class ModelManager(QDialog):
             self.refresh()
 
         task.signals.finished.connect(chosen)
-        task.signals.failed.connect(lambda msg, _tb: QMessageBox.warning(self, "Not a dino.txt folder", msg))
+        task.signals.failed.connect(lambda msg, _tb: (QMessageBox.warning(self, "Not a dino.txt folder", msg),
+                                                      self.refresh()))
+        self.current_label.setText(f"Reading the three dino.txt files in <b>{folder}</b> (3.5 GB for the full "
+                                   "model: seconds)…")
         self.runner.start(task)
         return task
 

@@ -66,6 +66,13 @@ def _small_pixmap(path: str, size: int) -> QPixmap:
     return QPixmap.fromImage(reader.read())
 
 
+@dataclass
+class NeedsTextIndex:
+    """What a words search returns in a library without dino.txt vectors: the cost of adding them."""
+
+    cost: object
+
+
 def _search_task(report, cancelled, models, text, lib, queries: list[Query], k: int, fold: bool = True):
     """Run the query through engine.query (the CLI's path too); returns (outcome, notes).
 
@@ -82,16 +89,21 @@ def _search_task(report, cancelled, models, text, lib, queries: list[Query], k: 
     notes: list[str] = []
     extra = None
     if words:
-        from engine.text.query import TextQuery, region_text_vector
+        from engine.text.query import NoTextVectors, TextQuery, region_text_vector
 
         report(0, 0, "Reading the words…")
-        record, vectors, notes = text.embed(lib, words)
-        have, photos_in_library = text.coverage(lib, record)
+        counts = lib.counts()  # once: which dino.txt, how far it reaches, or what indexing with it would cost
+        try:
+            record = text.record(lib, counts)
+        except NoTextVectors:
+            return NeedsTextIndex(text.cost(lib, counts))
+        record, vectors, notes = text.embed(lib, words, record=record)
+        have, photos_in_library = counts["per_model"].get(record.id, 0), counts.get("ok", 0)
         if have < photos_in_library:  # a cancelled or unfinished run, or photos added since
             notes = [*notes, f"words reach {have} of {photos_in_library} photos so far (Model ▸ Models… ▸ "
                              "Index library adds the others)"]
         extra = region_text_vector(TextQuery(vectors)) if regions else vectors
-        load = lambda: text.image_extractor(lib, models.device_name, patch_tokens=bool(regions))
+        load = lambda: text.image_extractor(lib, models.device_name, patch_tokens=bool(regions), record=record)
     else:
         record = lib.model_by_source(models.source)
         load = lambda: models.extractor(patch_tokens=bool(regions))
@@ -213,13 +225,7 @@ class SearchPanel(QWidget):
         lib = self.libraries.library
         if self.text is None or lib is None or self._warming == str(lib.root):
             return
-        self._warming = str(lib.root)  # once per library: not two COUNT queries per key press
-        from engine.text.query import NoTextVectors
-
-        try:
-            self.text.record(lib)
-        except NoTextVectors:
-            return
+        self._warming = str(lib.root)  # once per library (it does nothing where there are no dino.txt vectors)
         self.runner.start(Task(lambda _r, _c: self.text.warm_up(lib), name="dino.txt warm-up"))
 
     def search_region(self, path: str, box: tuple[float, float, float, float]) -> Task | None:
@@ -271,18 +277,9 @@ class SearchPanel(QWidget):
         if lib is None:
             self.error.emit("No library", "Open a library or add a folder of photos first.")
             return None
-        if any(q.text for q in self.queries):
-            from engine.text.query import NoTextVectors
-
-            if self.text is None:
-                self.error.emit("No search by words", "This window has no dino.txt service.")
-                return None
-            try:
-                self.text.record(lib)
-            except NoTextVectors:
-                self.status.emit("Searching by words needs the library indexed with dino.txt")
-                self.text_index_needed.emit(self.text.cost(lib))
-                return None
+        if self.text is None and any(q.text for q in self.queries):
+            self.error.emit("No search by words", "This window has no dino.txt service.")
+            return None
         task = Task(_search_task, self.models, self.text, lib, list(self.queries), self.k.value(),
                     self.stack_box.isChecked(), name="search")
         task.signals.finished.connect(self._show_results)
@@ -292,6 +289,10 @@ class SearchPanel(QWidget):
         return self.runner.start(task)
 
     def _show_results(self, result) -> None:
+        if isinstance(result, NeedsTextIndex):
+            self.status.emit("Searching by words needs the library indexed with dino.txt")
+            self.text_index_needed.emit(result.cost)
+            return
         outcome, notes = result
         results, problems = outcome.results, [u.message for u in outcome.unusable]
         self.results = results
