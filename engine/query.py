@@ -155,13 +155,17 @@ def _recognise(lib: Library, model_id: int, reads: list[_Read]) -> None:
     if not by_hash:
         return
     with lib.session() as s:
+        # The status is checked here, not in SQL: with it in the WHERE clause SQLite walked the status index (every
+        # "ok" photo, 20 ms at 100k) instead of looking the hash up.
         rows = s.execute(
-            select(Image.content_hash, Image.id)
+            select(Image.content_hash, Image.id, Image.status)
             .join(Embedding, (Embedding.image_id == Image.id) & (Embedding.model_id == model_id))
-            .where(Image.content_hash.in_(list(by_hash)), Image.status == "ok")
+            .where(Image.content_hash.in_(list(by_hash)))
             .order_by(Image.id)
         ).all()
-    for digest, image_id in rows:
+    for digest, image_id, status in rows:
+        if status != "ok":
+            continue
         for r in by_hash.pop(digest, []):  # the first (oldest) copy in the library wins
             r.image_id, r.data = int(image_id), None
 

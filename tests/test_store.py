@@ -222,6 +222,28 @@ def test_queries_return_plain_records(tmp_path: Path) -> None:
             lib.images(order_by="size")
 
 
+def test_grid_rows_keep_order_and_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """The grid's one-JSON-row read: every order agrees with the full records, and a Latin-1 file name (stored as
+    a BLOB, which JSON cannot hold) comes back exactly, in its place."""
+    import random
+    from datetime import datetime
+
+    odd = os.fsdecode(b"/p/m-caf\xe9.jpg")
+    names = [f"/p/{c}-{n:03d}.jpg" for c in "kxa" for n in range(40)] + [odd, "/p/z 'quote\".jpg", "/p/n\u00e9.jpg"]
+    random.Random(0).shuffle(names)
+    with Library.open(tmp_path / "lib") as lib:
+        folder = lib.add_folder(tmp_path)
+        with lib.session.begin() as s:
+            s.add_all([Image(folder_id=folder.id, path=p, size=1, mtime_ns=1, status="ok" if k % 7 else "error",
+                             captured_at=datetime(2020, 1, 1 + k % 28) if k % 3 else None)
+                       for k, p in enumerate(names)])
+        for status in ("ok", None):
+            for order in ("path", "id", "captured_at"):
+                rows = lib.image_paths(status, order)
+                assert rows == [(r.id, r.path) for r in lib.images(status, order_by=order)]
+        assert odd in [p for _, p in lib.image_paths(None)]
+
+
 def test_settings_are_validated_and_persist(tmp_path: Path) -> None:
     with Library.open(tmp_path / "lib") as lib:
         assert lib.setting("ann_threshold") == 1_000_000 and lib.setting("ann_kind") == "ivf"

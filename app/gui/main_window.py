@@ -128,6 +128,8 @@ class MainWindow(PhotoActions, QMainWindow):
         self._return_tab: QWidget = self.browse  # where Escape in the viewer goes back to
         self._pending_files: list[Path] = []  # "Open with Dinoscope": searched once the library is ready
         self._indexing: Task | None = None
+        self._warming: list[Task] = []  # start-up loads (torch, the model, the vector index) for the first drop
+        self._watch_after: set[Task] = set()  # those the folder watcher waits for
 
         # Bottom: model and device, running task.
         self.model_label = QPushButton()
@@ -203,15 +205,17 @@ class MainWindow(PhotoActions, QMainWindow):
         return super().event(event)
 
     def _after_first_show(self) -> None:
-        probe = Task(lambda _r, _c: self.models.probe_device(), name="device")
-        probe.signals.finished.connect(lambda _t: self._update_model_label())
-        self.runner.start(probe)
         # A returning user's library exists: torch and the model load in a worker while the library opens here
-        # (bench/startup.py at 100k photos: first drop 1.1 s instead of 2.4 s). A first start indexes the sample,
-        # which loads the model itself.
+        # (bench/startup.py at 100k photos). A first start indexes the sample, which loads the model itself.
         early = self.libraries.library is None and bool(self.settings.value("library/name", ""))
-        if early:
-            self.runner.start(Task(lambda _r, _c: self.models.warm_up(None), name="warm-up"))
+        if early:  # the device probe rides along: a task of its own held one of the pool's threads for torch's import
+            probe = Task(lambda _r, _c: (self.models.probe_device(), self.models.warm_up(None)), name="warm-up")
+            self._warming.append(probe)
+        else:
+            probe = Task(lambda _r, _c: self.models.probe_device(), name="device")
+        for sig in (probe.signals.finished, probe.signals.failed):
+            sig.connect(lambda *_a: self._update_model_label())
+        self.runner.start(probe)
         if self.libraries.library is None:
             self._open_start_library()
         self._search_pending()
@@ -219,9 +223,10 @@ class MainWindow(PhotoActions, QMainWindow):
         if self._indexing is None or self._indexing.outcome is not None:  # an indexing run loads it anyway
             lib = self.libraries.library
             if early and lib is not None:
-                self.runner.start(Task(lambda _r, _c: self.models.warm_up_index(lib), name="warm-up index"))
+                self._warming.append(self.runner.start(
+                    Task(lambda _r, _c: self.models.warm_up_index(lib), name="warm-up index")))
             elif not early:
-                self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up"))
+                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up")))
             self.watch_library()
 
     def _make_menu(self) -> None:
@@ -396,6 +401,15 @@ class MainWindow(PhotoActions, QMainWindow):
         unless the setting is off, the window is not shown yet, or the window is indexing itself."""
         lib = self.libraries.library
         if lib is None or not self._shown or (self._indexing is not None and self._indexing.outcome is None):
+            return
+        warming = next((t for t in self._warming if t.outcome is None), None)
+        if warming is not None:
+            # The watcher loads its own model and walks the folders: started while torch and the model load for
+            # the first drop, it cost that drop seconds (bench/startup.py). It starts once they are in memory.
+            if warming not in self._watch_after:
+                self._watch_after.add(warming)
+                for sig in (warming.signals.finished, warming.signals.failed, warming.signals.cancelled):
+                    sig.connect(lambda *_a: self.watch_library())
             return
         if self.models.available_locally():
             self.watcher.start(str(lib.root), self.models.source, self.models.device_name)

@@ -68,7 +68,10 @@ class WatchService(QObject):
     def start(self, library_root: str, model_source: str, device: str = "auto") -> bool:
         """Follow this library's folders with this model (what the window last indexed with). False when the
         setting is off. A watcher already running for another library is stopped first."""
-        self._target = (str(library_root), str(model_source), device)
+        target = (str(library_root), str(model_source), device)
+        if self.running and target == self._target and not self._stop.is_set():
+            return True  # already following these folders with this model: a restart would only cost a join
+        self._target = target
         if not self.enabled:
             return False
         self.stop()

@@ -79,7 +79,10 @@ class DinoVisionTransformer(nn.Module):
         self.norm = LayerNorm(c.embed_dim)
         self.head = nn.Identity()
         self._pos_cache: dict[tuple, torch.Tensor] = {}
-        self.init_weights()
+        if self.pos_embed.device.type != "meta":
+            # A checkpoint loader builds on "meta" and assigns the weights; initialising meta tensors would only
+            # cost time (nn.init on meta goes through torch._refs, which imports torch._dynamo: 1.6 s at start-up).
+            self.init_weights()
 
     @property
     def depth(self) -> int:

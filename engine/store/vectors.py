@@ -101,6 +101,13 @@ def read_snapshot(lib: Library, model_id: int, with_vectors: bool = True) -> Sna
                 raise StoreError(f"library '{lib.name}' has no model with id {model_id}")
             revision, dim = row
             whose = owner(cur, model_id)
+            if not with_vectors:
+                # One aggregated row, not one step per id: sqlite3 gives up the GIL on every step, and at start-up
+                # (torch importing in a worker) 100k steps waited for it several times longer than they ran.
+                text = cur.execute("SELECT json_group_array(image_id) FROM embeddings WHERE model_id = ?",
+                                   (model_id,)).fetchone()[0]
+                ids = np.sort(np.asarray(json.loads(text or "[]"), dtype=np.int64))
+                return Snapshot(model_id, revision, dim, ids, None, whose)
             n = cur.execute("SELECT count(*) FROM embeddings WHERE model_id = ?", (model_id,)).fetchone()[0]
             ids = np.empty(n, np.int64)
             matrix = np.empty((n, dim), np.float32) if with_vectors else None

@@ -98,9 +98,16 @@ class ThumbnailModel(QAbstractListModel):
         return md
 
     def _thumbs_arrived(self, ids: list[int]) -> None:
-        rows = [self._row_of[i] for i in ids if i in self._row_of]
-        if rows:
-            self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)), [Qt.ItemDataRole.DecorationRole])
+        """Repaint the rows whose thumbnails arrived, one signal per run of adjacent rows. One signal from the first
+        to the last row made QListView walk every row between: a search's thumbnails, scattered over a 100k
+        library's grid, cost each later drop about 0.1 s on the UI thread."""
+        rows = sorted({self._row_of[i] for i in ids if i in self._row_of})
+        start = 0
+        for k in range(1, len(rows) + 1):
+            if k == len(rows) or rows[k] != rows[k - 1] + 1:
+                self.dataChanged.emit(self.index(rows[start]), self.index(rows[k - 1]),
+                                      [Qt.ItemDataRole.DecorationRole])
+                start = k
 
 
 class ThumbnailDelegate(QStyledItemDelegate):
