@@ -92,6 +92,8 @@ class Extractor:
         self.backend_reason = "asked for" if backend == "torch" else ""
         if backend != "torch":
             self._try_openvino(backend, ov_device, precision)
+            if self.runtime is not self.torch_runtime and not ov_device and isinstance(device, str):
+                _remember_quick(model, self.runtime, device)
         self.backend = self.runtime.name
         if self.backend == "openvino":
             # OpenVINO keeps its speed at batch 32 where torch on a CPU loses a third (ENVIRONMENT.md §10; and
@@ -215,6 +217,24 @@ class Extractor:
                 stop.set()
                 for _, fut in pending:
                     fut.cancel()
+
+
+def _remember_quick(model: torch.nn.Module, runtime, device_request: str) -> None:
+    """Let the next start answer its first search from this compiled model without torch (engine.runtime.ov_quick):
+    only for a model read from one file (a zoo download or a checkpoint) whose blob is in the cache."""
+    from pathlib import Path
+
+    from engine.runtime import ov_quick
+
+    source = getattr(model, "source", None)
+    cache = getattr(runtime, "cache_path", None)
+    if not isinstance(source, str) or cache is None or not cache.is_file():
+        return
+    from engine.models import zoo
+
+    file = zoo.local_path(source) if source in zoo.ZOO else Path(source)
+    if file is not None and Path(file).is_file():
+        ov_quick.remember(source, file, device_request, runtime.key, runtime.config, model.embed_dim)
 
 
 def eval_input(path: str | os.PathLike, resize: int = 256, crop: int = 224) -> torch.Tensor:

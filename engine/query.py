@@ -170,20 +170,21 @@ def _recognise(lib: Library, model_id: int, reads: list[_Read]) -> None:
             r.image_id, r.data = int(image_id), None
 
 
-def _model_input(r: _Read):
-    """The eval tensor of an input, decoded the way the indexer decodes library files."""
+def _model_input(r: _Read) -> np.ndarray:
+    """The eval input of a photo, (3, 224, 224) float32, decoded the way the indexer decodes library files."""
     from engine.imageio import load_rgb
-    from engine.transforms import eval_transform
+    from engine.preprocess import eval_array
 
     rgb = r.data if isinstance(r.data, np.ndarray) else load_rgb(r.data, min_side=RESIZE)
-    return eval_transform(rgb, resize=RESIZE, crop=CROP)
+    return eval_array(rgb, resize=RESIZE, crop=CROP)
 
 
 def _resolve(model: Any) -> Any:
-    """An Extractor from an Extractor, a backbone, or a zero-argument callable that loads one on demand."""
+    """An Extractor from an Extractor, a backbone, or a zero-argument callable that loads one on demand (which may
+    give an `engine.runtime.ov_quick.QuickExtractor`, kept as it is)."""
     if callable(model) and not hasattr(model, "forward"):
         model = model()
-    return _extractor(model)
+    return model if hasattr(model, "embed_arrays") else _extractor(model)
 
 
 def run_query(
@@ -261,12 +262,16 @@ def run_query(
         except (OSError, ValueError) as exc:
             outcome.unusable.append(Unusable(r.label, f"{r.label}: {exc}"))
     if tensors:
-        import torch
-
         extractor = _resolve(model)
         for start in range(0, len(tensors), extractor.batch_size):
             raise_if_cancelled(cancel)
-            vectors.append(extractor.embed_tensor(torch.stack(tensors[start : start + extractor.batch_size])).cls)
+            batch = np.stack(tensors[start : start + extractor.batch_size])
+            if hasattr(extractor, "embed_arrays"):  # engine.runtime.ov_quick: the first search, before torch loads
+                vectors.append(extractor.embed_arrays(batch))
+            else:
+                import torch
+
+                vectors.append(extractor.embed_tensor(torch.from_numpy(batch)).cls)
     outcome.used = sum(len(v) for v in vectors)
     if outcome.used == 0:
         return outcome

@@ -28,8 +28,8 @@ ALLOWED_CYCLES = {
 
 # engine basics: what everything stands on (image I/O, transforms, atomic writes, the vocabulary of long tasks, the
 # backbone and its inference); they import nothing of the engine but each other
-BASICS = {"engine.imageio", "engine.transforms", "engine.atomic", "engine.progress", "engine.data_home",
-          "engine.device", "engine.faiss_runtime", "engine.raw", "engine.extract"}
+BASICS = {"engine.imageio", "engine.transforms", "engine.preprocess", "engine.atomic", "engine.progress",
+          "engine.data_home", "engine.device", "engine.faiss_runtime", "engine.raw", "engine.extract"}
 LAYERS = {"app": 4, "trainer": 3, "features": 2, "store": 1, "basics": 0}
 
 

@@ -128,6 +128,7 @@ class MainWindow(PhotoActions, QMainWindow):
         self._return_tab: QWidget = self.browse  # where Escape in the viewer goes back to
         self._pending_files: list[Path] = []  # "Open with Dinoscope": searched once the library is ready
         self._indexing: Task | None = None
+        self._starting = False  # inside _after_first_show
         self._warming: list[Task] = []  # start-up loads (torch, the model, the vector index) for the first drop
         self._watch_after: set[Task] = set()  # those the folder watcher waits for
 
@@ -205,29 +206,42 @@ class MainWindow(PhotoActions, QMainWindow):
         return super().event(event)
 
     def _after_first_show(self) -> None:
-        # A returning user's library exists: torch and the model load in a worker while the library opens here
-        # (bench/startup.py at 100k photos). A first start indexes the sample, which loads the model itself.
+        # A returning user's library exists: the model an earlier session compiled with OpenVINO (without torch)
+        # and the library's vector index load in workers while the library opens here, and a drop is searched
+        # with them; torch and the full model load once the library is open, so that torch's import does not
+        # slow the opening (bench/startup.py at 100k photos). A first start indexes the sample, which loads the
+        # model itself.
         early = self.libraries.library is None and bool(self.settings.value("library/name", ""))
-        if early:  # the device probe rides along: a task of its own held one of the pool's threads for torch's import
-            probe = Task(lambda _r, _c: (self.models.probe_device(), self.models.warm_up(None)), name="warm-up")
-            self._warming.append(probe)
+        self._starting = True  # the watcher waits for the warm-up tasks below (watch_library)
+        if early:
+            name = str(self.settings.value("library/name", ""))
+            self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_quick(),
+                                                        name="quick start")))
+            self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_index_named(name),
+                                                        name="warm-up index")))
         else:
-            probe = Task(lambda _r, _c: self.models.probe_device(), name="device")
-        for sig in (probe.signals.finished, probe.signals.failed):
-            sig.connect(lambda *_a: self._update_model_label())
-        self.runner.start(probe)
+            self._start_labelled(Task(lambda _r, _c: self.models.probe_device(), name="device"))
         if self.libraries.library is None:
             self._open_start_library()
         self._search_pending()
         self.text_actions.resume_if_pending()  # an indexing for text search the last run did not finish
-        if self._indexing is None or self._indexing.outcome is not None:  # an indexing run loads it anyway
-            lib = self.libraries.library
-            if early and lib is not None:
-                self._warming.append(self.runner.start(
-                    Task(lambda _r, _c: self.models.warm_up_index(lib), name="warm-up index")))
-            elif not early:
-                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up")))
+        lib = self.libraries.library
+        idle = self._indexing is None or self._indexing.outcome is not None  # an indexing run loads it anyway
+        if early:
+            # The device probe rides along: a task of its own held one of the pool's two threads for torch's import.
+            self._warming.append(self._start_labelled(
+                Task(lambda _r, _c: self.models.warm_up(None, probe=True), name="warm-up")))
+        elif idle:
+            self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up")))
+        self._starting = False
+        if idle:
             self.watch_library()
+
+    def _start_labelled(self, task: Task) -> Task:
+        """Start a task after which the status bar names the device (however the task ends)."""
+        for sig in (task.signals.finished, task.signals.failed):
+            sig.connect(lambda *_a: self._update_model_label())
+        return self.runner.start(task)
 
     def _make_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -401,6 +415,8 @@ class MainWindow(PhotoActions, QMainWindow):
         unless the setting is off, the window is not shown yet, or the window is indexing itself."""
         lib = self.libraries.library
         if lib is None or not self._shown or (self._indexing is not None and self._indexing.outcome is None):
+            return
+        if self._starting:  # _after_first_show calls again once its warm-up tasks are running
             return
         warming = next((t for t in self._warming if t.outcome is None), None)
         if warming is not None:

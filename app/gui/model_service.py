@@ -43,6 +43,7 @@ class ModelService(QObject):
         self._lock = threading.Lock()
         self._extractor: Any = None
         self._extractor_source: str | None = None
+        self._quick: Any = None  # engine.runtime.ov_quick.QuickExtractor while the full extractor loads
         self.device_text = ""
 
     def set_source(self, source: str) -> None:
@@ -53,6 +54,7 @@ class ModelService(QObject):
         with self._lock:
             self._extractor = None
             self._extractor_source = None
+        self._quick = None
         self.changed.emit(source)
 
     def probe_device(self) -> str:
@@ -96,9 +98,45 @@ class ModelService(QObject):
             ex.patch_tokens = True
         return ex
 
-    def warm_up(self, library=None) -> str:
+    def quick_key(self) -> str | None:
+        """The model source as engine.runtime.ov_quick records it (a zoo name or an absolute path), or None."""
+        import os
+
+        key = os.path.expanduser(self.source)
+        return key if os.path.isabs(key) or key.startswith("dinov2_") else None
+
+    def warm_up_quick(self) -> bool:
+        """Load the compiled model of an earlier session without torch (engine.runtime.ov_quick), so that a drop
+        right after start-up is searched while torch still loads (call from a worker)."""
+        from engine.runtime.ov_quick import quick_extractor
+
+        key = self.quick_key()
+        if self._quick is not None and self._quick.source == key:
+            return True
+        if key is None or self._extractor is not None:
+            return False
+        quick = quick_extractor(key, self.device_name)
+        if quick is not None and quick.source == self.quick_key():  # the user did not switch models meanwhile
+            self._quick = quick
+        return quick is not None
+
+    def query_extractor(self):
+        """What a search by photos embeds them with: the loaded extractor, else the quick one while the full one
+        still loads, else the full one (loaded here; call from a worker)."""
+        ex, quick = self._extractor, self._quick
+        if ex is not None and self._extractor_source == self.source:
+            return ex
+        if quick is not None and quick.source == self.quick_key():
+            return quick
+        return self.extractor()
+
+    def warm_up(self, library=None, probe: bool = False) -> str:
         """Load torch, the model and the library's vector index, and run one forward pass, so that the first drop
-        after the window appears waits for none of them (call from a worker; does nothing that needs a download)."""
+        after the window appears waits for none of them (call from a worker; does nothing that needs a download).
+        A model compiled in an earlier session answers first, without torch; `probe` then names the device."""
+        self.warm_up_quick()
+        if probe:
+            self.probe_device()
         if not self.available_locally():
             return "model not on disk"
         import torch
@@ -116,6 +154,17 @@ class ModelService(QObject):
         record = library.model_by_source(self.source)
         if record is not None:
             vector_index(library, record.id)
+
+    def warm_up_index_named(self, name: str) -> None:
+        """`warm_up_index` for the library the window is about to open, through a Library of its own, so that the
+        vector index loads while the window opens the library (call from a worker)."""
+        from engine.store import Library
+
+        lib = Library.open(name, create=False)
+        try:
+            self.warm_up_index(lib)
+        finally:
+            lib.engine.dispose()  # not close(): that would drop the index just cached for the window's Library
 
     def backbone(self, progress=None):
         return self.extractor(progress).model

@@ -11,7 +11,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from numbers import Integral, Real
 from typing import Any
 
-from engine.models.layers.mlp import swiglu_hidden_features
+
+def swiglu_hidden_features(dim: int, mlp_ratio: float = 4.0) -> int:
+    """Hidden width of DINOv2's SwiGLU: 2/3 of the MLP width, rounded up to a multiple of 8 (6144 -> 4096)."""
+    hidden = int(dim * mlp_ratio)
+    return (int(hidden * 2 / 3) + 7) // 8 * 8
+
 
 MAX_GRID = 256
 """Largest pos-embed grid accepted (official models: 37 x 37). 256 x 256 positions still fit in ~400 MB at ViT-g

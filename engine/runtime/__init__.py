@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import platform
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch stays unimported here: engine.runtime.ov_quick answers a first search without it
+    import torch
 
 log = logging.getLogger("dinoscope.runtime")
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.runtime import BackendUnavailable, import_openvino, log, ov_cache
+from engine.runtime.ov_quick import shared_compiled
 
 # Converted (not yet compiled) models of this process, by weights hash and size: converting traces the whole model
 # (seconds even for a small one), compiling for another precision or device does not need it again.
@@ -139,6 +140,7 @@ class OpenVinoRuntime:
         self.timings["hash_s"] = time.perf_counter() - t
         key = ov_cache.CacheKey(digest, input_size, self.hint,
                                 f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}", ov.get_version())
+        self.key = key
         self.cache_path = ov_cache.cache_folder() / key.filename() if use_cache else None
         compiled = self._from_cache(core, key) if use_cache else None
         if compiled is None:
@@ -156,6 +158,10 @@ class OpenVinoRuntime:
     # ------------------------------------------------------------------------------------------- building
     def _from_cache(self, core, key: ov_cache.CacheKey):
         assert self.cache_path is not None
+        shared = shared_compiled(self.cache_path)  # the quick start imported this very blob already
+        if shared is not None:
+            self.cache_status = "hit"
+            return shared
         try:
             blob = ov_cache.load(self.cache_path, key)
         except ov_cache.CacheInvalid as e:

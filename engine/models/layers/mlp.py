@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.config import swiglu_hidden_features  # noqa: F401  (re-exported by engine.models.layers)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool = True) -> None:
@@ -16,12 +18,6 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
-
-
-def swiglu_hidden_features(dim: int, mlp_ratio: float = 4.0) -> int:
-    """Hidden width of DINOv2's SwiGLU: 2/3 of the MLP width, rounded up to a multiple of 8 (6144 -> 4096)."""
-    hidden = int(dim * mlp_ratio)
-    return (int(hidden * 2 / 3) + 7) // 8 * 8
 
 
 class SwiGLUFFN(nn.Module):
