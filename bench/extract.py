@@ -12,6 +12,9 @@ machine hits all of them alike. Contenders (CPU):
     dinoscope-auto     Extractor() as a user gets it (auto backend and precision)
     dinoscope-torch    Extractor(backend="torch"), auto precision
     dinoscope-int8     Extractor(precision="int8") (torch dynamic quantisation of the linears)
+    ov-raw-int8        OpenVINO after NNCF post-training quantisation (calibrated on the sample photos the cosine
+                       is not measured on),
+                       when `nncf` is installed (`pip install nncf`; not a Dinoscope dependency: see the README)
 
 Also: the CLS cosine of each contender to torch fp32 on the sample library's photos, OpenVINO's conversion and
 compile time and the cached second start, and end-to-end throughput from 12 MP JPEG files on disk.
@@ -64,6 +67,28 @@ def raw_openvino(ours: torch.nn.Module, hint: str):
     return compiled.create_infer_request()
 
 
+def raw_openvino_int8(ours: torch.nn.Module, calibration: torch.Tensor):
+    """The same model through NNCF's post-training int8 quantisation (transformer preset), compiled with bf16 for
+    the layers it leaves in float; None when nncf is not installed."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    import openvino as ov
+
+    from engine.models.fuse import fold_layerscale
+    from engine.runtime.openvino_backend import FixedSizeBackbone
+
+    wrapper = FixedSizeBackbone(fold_layerscale(ours), 224).eval()
+    with torch.no_grad():
+        model = ov.convert_model(wrapper, example_input=torch.zeros(1, 3, 224, 224),
+                                 input=[ov.PartialShape([-1, 3, 224, 224])])
+    data = nncf.Dataset([x[None].numpy() for x in calibration])
+    quantized = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    return ov.Core().compile_model(quantized, "CPU", config).create_infer_request()
+
+
 def normalise(v: np.ndarray) -> np.ndarray:
     v = v.astype(np.float64)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -112,6 +137,11 @@ def main() -> None:
     ov_raw = {}
     if cpu and auto.backend == "openvino":
         ov_raw = {"ov-raw-fp32": raw_openvino(ours, "f32"), "ov-raw-bf16": raw_openvino(ours, "bf16")}
+        others = sorted(p for p in (ROOT / "assets" / "sample").rglob("*")  # calibrated on photos it is not
+                        if p.suffix.lower() in (".jpg", ".png") and p not in samples)  # scored on
+        int8 = raw_openvino_int8(ours, torch.stack([eval_input(p) for p in others]))
+        if int8 is not None:
+            ov_raw["ov-raw-int8"] = int8
 
     def hf_run(x: torch.Tensor, mode: str) -> np.ndarray:
         with torch.inference_mode():

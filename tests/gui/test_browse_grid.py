@@ -33,7 +33,7 @@ def test_thumbnail_size_follows_the_slider_and_ctrl_wheel_and_fills_the_width(qt
     assert grid.icon_size == slider.minimum()  # clamped, never zero
     # Columns stretch to the viewport: as many as fit, and no ragged margin where another one would fit.
     model = grid.grid_model()
-    model.set_items(model.items * 12)  # enough photos to fill a row at any size
+    model.set_items(list(model.items) * 12)  # enough photos to fill a row at any size
     for width in (1000, 1600, 2400):
         win.resize(width, 800)
         qtbot.waitUntil(lambda w=width: win.width() == w)

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.thumbnails import ThumbnailCache
-from app.gui.widgets.thumbnail_grid import MAX_ICON, MIN_ICON, GridItem, ThumbnailGrid
+from app.gui.widgets.thumbnail_grid import MAX_ICON, MIN_ICON, RowItems, ThumbnailGrid
 
 SORTS = {"Name": "path", "Date taken": "captured_at", "Date added": "id"}
 
@@ -120,21 +120,14 @@ class BrowseTab(QWidget):
         """The library's photos in the chosen order; only those under the picked folder are shown, and a closed
         stack only by its cover."""
         self.rows = rows
-        hidden = {m for cover, members in self.stacks.items() if cover not in self.expanded for m in members[1:]}
         folder, stacks, expanded = self.folder, self.stacks, self.expanded
+        hidden = {m for cover, members in stacks.items() if cover not in expanded for m in members[1:]}
         inside = rows if not folder else [(i, p) for i, p in rows if under(p, folder)]
-        shown = []
-        for i, p in inside:  # 100k rows: kept to one cheap pass (it runs on the UI thread)
-            if i in hidden:
-                continue
-            members = stacks.get(i)
-            if members:
-                caption = f"▾ {len(members)} photos" if i in expanded else f"▸ stack of {len(members)}"
-                shown.append(GridItem(i, p, caption=caption))
-            else:
-                shown.append(GridItem(i, p))
-        self.grid.grid_model().set_items(shown)
+        kept = [(i, p) for i, p in inside if i not in hidden] if hidden else inside  # 100k rows: no objects made
+        captions = {cover: f"▾ {len(members)} photos" if cover in expanded else f"▸ stack of {len(members)}"
+                    for cover, members in stacks.items() if members}
+        self.grid.grid_model().set_items(RowItems(kept, captions))
         where = f" in {os.path.basename(self.folder.rstrip('/'))}" if self.folder else ""
-        stacked = len(inside) - len(shown)
+        stacked = len(inside) - len(kept)
         more = f" (+{stacked} in stacks)" if stacked else ""
-        self.grid_status.setText(f"{len(shown)} photos{more}{where}" + (" so far" if self.indexing else ""))
+        self.grid_status.setText(f"{len(kept)} photos{more}{where}" + (" so far" if self.indexing else ""))
