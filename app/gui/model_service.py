@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -11,6 +12,8 @@ DEFAULT_MODEL = "dinov2_vits14"
 # A small ViT trained by us with the DINOv2 recipe (assets/models/README.md): what a first start without the zoo
 # weights (offline, or before any download) indexes the sample photos with.
 BUNDLED_MODEL = "models/dinoscope-tiny-demo.pth"
+
+log = logging.getLogger(__name__)
 
 
 def bundled_model() -> str | None:
@@ -118,6 +121,7 @@ class ModelService(QObject):
         quick = quick_extractor(key, self.device_name)
         if quick is not None and quick.source == self.quick_key():  # the user did not switch models meanwhile
             self._quick = quick
+            log.info("quick start: %s compiled by an earlier session, loaded without torch", key)
         return quick is not None
 
     def query_extractor(self):
@@ -127,6 +131,8 @@ class ModelService(QObject):
         if ex is not None and self._extractor_source == self.source:
             return ex
         if quick is not None and quick.source == self.quick_key():
+            log.info("search: the quick-start model (OpenVINO %s, no torch) while the full model loads",
+                     quick.precision)
             return quick
         return self.extractor()
 

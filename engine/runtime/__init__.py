@@ -1,6 +1,7 @@
 """Inference backends behind one small interface: torch (CUDA, MPS, CPU) and OpenVINO (x86 CPUs, Intel GPUs/NPUs).
 
-`engine.extract.Extractor` is the only caller. A backend takes a batch of normalised images and returns the
+`engine.extract.Extractor` is the caller; `engine.runtime.ov_quick` reuses OpenVINO's cached blobs without torch
+for the first searches after a start. A backend takes a batch of normalised images and returns the
 normed CLS and patch tokens; `choose` decides which one runs, and says why in one logged line when `auto` cannot
 take OpenVINO.
 """
