@@ -167,7 +167,7 @@ def test_the_window_searches_with_the_quick_extractor_until_the_full_one_is_load
     assert models.warm_up_quick()
     assert isinstance(models.query_extractor(), ov_quick.QuickExtractor)
     assert models.warm_up(None) == "ready"  # torch and the full model: from now on every search uses it
-    assert isinstance(models.query_extractor(), Extractor)
+    assert isinstance(models.query_extractor(), Extractor) and models._quick is None
     other = save_backbone(tiny_backbone(seed=6), tmp_path / "other.pth")
     models.set_source(str(other))  # no quick start recorded for it: the full model loads
     assert models._quick is None and isinstance(models.query_extractor(), Extractor)

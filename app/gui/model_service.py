@@ -94,6 +94,7 @@ class ModelService(QObject):
                 model = load_backbone(self.source, progress=progress)
                 ex = Extractor(model, device=self.device_name)
                 self._extractor, self._extractor_source = ex, self.source
+                self._quick = None  # its infer request's buffers are not needed any more
                 runtime = " · OpenVINO" if getattr(ex, "backend", "torch") == "openvino" else ""
                 self.device_text = f"{dev.describe(ex.device)} {ex.precision}{runtime}"
                 self.loaded.emit(self.source, self.device_text)
