@@ -92,8 +92,8 @@ class Extractor:
         self.backend_reason = "asked for" if backend == "torch" else ""
         if backend != "torch":
             self._try_openvino(backend, ov_device, precision)
-            if self.runtime is not self.torch_runtime and not ov_device and isinstance(device, str):
-                _remember_quick(model, self.runtime, device)
+        if precision == "auto" and backend == "auto" and not ov_device and isinstance(device, str):
+            _remember_quick(model, self.runtime if self.runtime is not self.torch_runtime else None, device)
         self.backend = self.runtime.name
         if self.backend == "openvino":
             # OpenVINO keeps its speed at batch 32 where torch on a CPU loses a third (ENVIRONMENT.md §10; and
@@ -221,14 +221,20 @@ class Extractor:
 
 def _remember_quick(model: torch.nn.Module, runtime, device_request: str) -> None:
     """Let the next start answer its first search from this compiled model without torch (engine.runtime.ov_quick):
-    only for a model read from one file (a zoo download or a checkpoint) whose blob is in the cache."""
+    only for a model read from one file (a zoo download or a checkpoint) whose blob is in the cache. `runtime` None:
+    torch runs this model here now (a GPU, DINOSCOPE_BACKEND), so an old recipe would give other vectors."""
     from pathlib import Path
 
     from engine.runtime import ov_quick
 
     source = getattr(model, "source", None)
+    if not isinstance(source, str):
+        return
+    if runtime is None:
+        ov_quick.forget(source, device_request)
+        return
     cache = getattr(runtime, "cache_path", None)
-    if not isinstance(source, str) or cache is None or not cache.is_file():
+    if cache is None or not cache.is_file():
         return
     from engine.models import zoo
 

@@ -213,27 +213,31 @@ class MainWindow(PhotoActions, QMainWindow):
         # model itself.
         early = self.libraries.library is None and bool(self.settings.value("library/name", ""))
         self._starting = True  # the watcher waits for the warm-up tasks below (watch_library)
-        if early:
-            name = str(self.settings.value("library/name", ""))
-            self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_quick(),
-                                                        name="quick start")))
-            self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_index_named(name),
-                                                        name="warm-up index")))
-        else:
-            self._start_labelled(Task(lambda _r, _c: self.models.probe_device(), name="device"))
-        if self.libraries.library is None:
-            self._open_start_library()
-        self._search_pending()
-        self.text_actions.resume_if_pending()  # an indexing for text search the last run did not finish
-        lib = self.libraries.library
-        idle = self._indexing is None or self._indexing.outcome is not None  # an indexing run loads it anyway
-        if early:
-            # The device probe rides along: a task of its own held one of the pool's two threads for torch's import.
-            self._warming.append(self._start_labelled(
-                Task(lambda _r, _c: self.models.warm_up(None, probe=True), name="warm-up")))
-        elif idle:
-            self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up")))
-        self._starting = False
+        idle = True
+        try:
+            if early:
+                name = str(self.settings.value("library/name", ""))
+                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_quick(),
+                                                            name="quick start")))
+                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_index_named(name),
+                                                            name="warm-up index")))
+            else:
+                self._start_labelled(Task(lambda _r, _c: self.models.probe_device(), name="device"))
+            if self.libraries.library is None:
+                self._open_start_library()
+            self._search_pending()
+            self.text_actions.resume_if_pending()  # an indexing for text search the last run did not finish
+            lib = self.libraries.library
+            idle = self._indexing is None or self._indexing.outcome is not None  # an indexing run loads it anyway
+            if early:
+                # The device probe rides along: a task of its own held one of the pool's two threads for torch's
+                # import.
+                self._warming.append(self._start_labelled(
+                    Task(lambda _r, _c: self.models.warm_up(None, probe=True), name="warm-up")))
+            elif idle:
+                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up")))
+        finally:
+            self._starting = False
         if idle:
             self.watch_library()
 
@@ -426,6 +430,8 @@ class MainWindow(PhotoActions, QMainWindow):
                 self._watch_after.add(warming)
                 for sig in (warming.signals.finished, warming.signals.failed, warming.signals.cancelled):
                     sig.connect(lambda *_a: self.watch_library())
+                if warming.outcome is not None:  # it ended before the connections: its signals went nowhere
+                    QTimer.singleShot(0, self.watch_library)
             return
         if self.models.available_locally():
             self.watcher.start(str(lib.root), self.models.source, self.models.device_name)

@@ -14,6 +14,7 @@ DEFAULT_MODEL = "dinov2_vits14"
 BUNDLED_MODEL = "models/dinoscope-tiny-demo.pth"
 
 log = logging.getLogger(__name__)
+QUICK_WAIT_S = 1.5
 
 
 def bundled_model() -> str | None:
@@ -47,6 +48,8 @@ class ModelService(QObject):
         self._extractor: Any = None
         self._extractor_source: str | None = None
         self._quick: Any = None  # engine.runtime.ov_quick.QuickExtractor while the full extractor loads
+        self._quick_loading = threading.Event()  # clear while warm_up_quick runs
+        self._quick_loading.set()
         self.device_text = ""
 
     def set_source(self, source: str) -> None:
@@ -111,23 +114,35 @@ class ModelService(QObject):
 
     def warm_up_quick(self) -> bool:
         """Load the compiled model of an earlier session without torch (engine.runtime.ov_quick), so that a drop
-        right after start-up is searched while torch still loads (call from a worker)."""
-        from engine.runtime.ov_quick import quick_extractor
-
+        right after start-up is searched while torch still loads (call from a worker). Never raises: the quick
+        start is only a shortcut, and the full model loads after it whatever happens here."""
         key = self.quick_key()
         if self._quick is not None and self._quick.source == key:
             return True
         if key is None or self._extractor is not None:
             return False
-        quick = quick_extractor(key, self.device_name)
-        if quick is not None and quick.source == self.quick_key():  # the user did not switch models meanwhile
+        self._quick_loading.clear()
+        try:
+            from engine.runtime.ov_quick import quick_extractor
+
+            quick = quick_extractor(key, self.device_name)
+        except Exception:  # a bug or a broken install must not keep torch and the full model from loading
+            log.exception("quick start failed; the full model loads")
+            quick = None
+        finally:
+            self._quick_loading.set()
+        # Kept only if the user did not switch models meanwhile and the full model did not get there first.
+        if quick is not None and quick.source == self.quick_key() and self._extractor is None:
             self._quick = quick
             log.info("quick start: %s compiled by an earlier session, loaded without torch", key)
         return quick is not None
 
     def query_extractor(self):
         """What a search by photos embeds them with: the loaded extractor, else the quick one while the full one
-        still loads, else the full one (loaded here; call from a worker)."""
+        still loads, else the full one (loaded here; call from a worker). A quick start still loading is waited
+        for (a second at most: it loads in well under that), since loading the full model here costs more."""
+        if self._extractor is None or self._extractor_source != self.source:
+            self._quick_loading.wait(QUICK_WAIT_S)
         ex, quick = self._extractor, self._quick
         if ex is not None and self._extractor_source == self.source:
             return ex
@@ -165,9 +180,12 @@ class ModelService(QObject):
     def warm_up_index_named(self, name: str) -> None:
         """`warm_up_index` for the library the window is about to open, through a Library of its own, so that the
         vector index loads while the window opens the library (call from a worker)."""
-        from engine.store import Library
+        from engine.store import Library, StoreError
 
-        lib = Library.open(name, create=False)
+        try:
+            lib = Library.open(name, create=False)
+        except StoreError:  # gone or damaged: the window's own open says so
+            return
         try:
             self.warm_up_index(lib)
         finally:

@@ -6,14 +6,17 @@ the blob); this module loads that same blob without torch, so a photo dropped ri
 embedded while torch and the full `engine.extract.Extractor` are still loading in the background.
 
 The link from a model source to its blob is a small "recipe" written when the full extractor compiled or loaded
-it: the checkpoint file's path, size and modification time, and the cache key. `quick_extractor` trusts a recipe
-only while the file is unchanged, the OpenVINO version and the CPU are the same and the blob passes its checksum
-(`ov_cache.load`); anything else returns None with one logged line, and the caller waits for the full extractor.
-Only 224-px CLS vectors are given here: region queries, patch tokens and other sizes need the full extractor.
+it: the checkpoint file's path, size, modification and change times and inode, and the cache key. It is written
+only for the automatic precision on the automatic or CPU device (what the window asks for), and removed when such
+an extractor ends up on torch. `quick_extractor` trusts a recipe only while the file is unchanged, the OpenVINO
+version and the CPU are the same and the blob passes its checksum (`ov_cache.load`); anything else returns None
+with one logged line, and the caller waits for the full extractor. Only 224-px CLS vectors are given here: region
+queries, patch tokens and other sizes need the full extractor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +31,7 @@ from engine.atomic import atomic_write
 from engine.runtime import log
 from engine.runtime.ov_cache import CacheInvalid, CacheKey, cache_folder, load
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2
 
 # Blobs already imported by this process, by cache file: the full extractor takes the quick one's compiled model
 # instead of importing the same blob a second time.
@@ -40,8 +43,7 @@ _COMPILED_LOCK = threading.Lock()
 class Recipe:
     source: str  # the model source as the app names it (a zoo name, or a checkpoint path)
     file: str  # the weights file it was loaded from
-    size: int
-    mtime_ns: int
+    identity: list[int]  # the file's size, mtime, ctime and inode when it was compiled (`_identity`)
     device_request: str  # what the extractor was asked for ("auto", "cpu")
     key: CacheKey
     config: dict  # the OpenVINO compile properties
@@ -53,16 +55,23 @@ def recipe_path(source: str, device_request: str) -> Path:
     return cache_folder() / f"recipe-{name}.json"
 
 
+def _identity(file: str | os.PathLike) -> list[int]:
+    """What says a file is still the one compiled: size and mtime, and the ctime and inode that a copy which kept
+    the mtime (cp -p, rsync -a, an unzip) cannot keep. OSError when it is gone."""
+    st = os.stat(file)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 def remember(source: str, file: str | os.PathLike, device_request: str, key: CacheKey, config: dict,
              embed_dim: int) -> None:
-    """Record that `source`, read from `file`, compiles to the blob of `key` (the full extractor calls this)."""
+    """Record that `source`, read from `file`, compiles to the blob of `key` (the full extractor calls this, for
+    the automatic precision only: the recipe must name what the window's own extractor runs)."""
     try:
-        st = os.stat(file)
+        identity = _identity(file)
     except OSError:
         return
-    body = {"format": RECIPE_FORMAT, "source": source, "file": os.path.abspath(file), "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "device_request": device_request, "key": asdict(key), "config": config,
-            "embed_dim": int(embed_dim)}
+    body = {"format": RECIPE_FORMAT, "source": source, "file": os.path.abspath(file), "identity": identity,
+            "device_request": device_request, "key": asdict(key), "config": config, "embed_dim": int(embed_dim)}
     path = recipe_path(source, device_request)
     text = json.dumps(body, indent=1, sort_keys=True).encode()
     try:
@@ -73,25 +82,32 @@ def remember(source: str, file: str | os.PathLike, device_request: str, key: Cac
         log.info("could not write the quick-start recipe %s (%s)", path, e)
 
 
+def forget(source: str, device_request: str) -> None:
+    """No quick start for `source` any more (its extractor no longer runs OpenVINO: a GPU appeared, say)."""
+    with contextlib.suppress(OSError):
+        recipe_path(source, device_request).unlink(missing_ok=True)
+
+
 def read_recipe(source: str, device_request: str) -> Recipe | None:
     path = recipe_path(source, device_request)
     try:
         body = json.loads(path.read_text())
-        if body.get("format") != RECIPE_FORMAT or body.get("source") != source:
+        if not isinstance(body, dict) or body.get("format") != RECIPE_FORMAT or body.get("source") != source:
             return None
-        return Recipe(body["source"], body["file"], int(body["size"]), int(body["mtime_ns"]), body["device_request"],
+        return Recipe(body["source"], body["file"], [int(v) for v in body["identity"]], body["device_request"],
                       CacheKey(**body["key"]), dict(body["config"]), int(body["embed_dim"]))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         log.info("quick start: the recipe %s cannot be read (%s)", path, e)
         return None
 
 
 def shared_compiled(path: Path):
-    """The compiled model this process already imported from `path`, if any (see `_COMPILED`)."""
+    """The compiled model this process already imported from `path`, if any (see `_COMPILED`); handed over, so
+    that it is not kept here once the full extractor owns it."""
     with _COMPILED_LOCK:
-        return _COMPILED.get(str(path))
+        return _COMPILED.pop(str(path), None)
 
 
 class QuickExtractor:
@@ -128,10 +144,10 @@ def quick_extractor(source: str, device_request: str = "auto") -> QuickExtractor
     if recipe is None:
         return None
     try:
-        st = os.stat(recipe.file)
+        identity = _identity(recipe.file)
     except OSError:
         return None
-    if (st.st_size, st.st_mtime_ns) != (recipe.size, recipe.mtime_ns):
+    if identity != recipe.identity:
         log.info("quick start: %s changed since it was compiled; the full model loads", recipe.file)
         return None
     try:

@@ -96,3 +96,18 @@ def test_right_click_menu_on_photos(qtbot, family_window) -> None:
     # the self rule: a library photo is recognised and left out of its own results; the others are all there
     paths = [r.path for r in win.search_panel.results]
     assert model.items[1].path not in paths and len(paths) == len(model.items) - 1
+
+
+def test_arriving_thumbnails_repaint_only_their_own_rows(qtbot) -> None:
+    """A search's thumbnails arrive for photos scattered over a 100k-photo grid: each run of adjacent rows gets its
+    own repaint, where one signal from the first to the last row made the view walk every row between."""
+    from app.gui.thumbnails import ThumbnailCache
+    from app.gui.widgets.thumbnail_grid import RowItems, ThumbnailModel
+
+    model = ThumbnailModel(ThumbnailCache(lambda ids: {}))
+    model.set_items(RowItems([(1000 + k, f"/p/{k:06d}.jpg") for k in range(100_000)], {1005: "▸ stack of 2"}))
+    assert model.rowCount() == 100_000 and model.items[5].caption == "▸ stack of 2" and model.items[6].caption == ""
+    spans: list[tuple[int, int]] = []
+    model.dataChanged.connect(lambda a, b, _roles: spans.append((a.row(), b.row())))
+    model._thumbs_arrived([1003, 99_999 + 1000, 1004, 1002, 51_000, 7])  # 7: not in this grid
+    assert sorted(spans) == [(2, 4), (50_000, 50_000), (99_999, 99_999)]

@@ -52,3 +52,36 @@ def test_a_photo_copied_into_a_watched_folder_appears(qtbot, tmp_path: Path, ski
     win._set_watching(False)  # the Library menu's switch
     assert not win.watcher.running and settings.value("library/watch", type=bool) is False
     win.close()
+
+
+def test_a_returning_user_s_watcher_starts_once_after_the_start_up_loads(qtbot, tmp_path: Path,
+                                                                           skimage_data_dir: Path,
+                                                                           monkeypatch) -> None:
+    """As the desktop starts the window (the library opens after the first paint): the watcher, which loads a model
+    of its own and walks the folders, waits for the quick start, the vector index and the full model, then starts
+    once (it used to start, be stopped and start again while they loaded)."""
+    monkeypatch.setenv("DINOSCOPE_WATCH", "1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(skimage_data_dir / "coffee.png").convert("RGB").resize((256, 192)).save(photos / "coffee.jpg")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(DinoVisionTransformer(tiny_config()).state_dict(), ckpt)
+    with Library.open("back-again") as lib:
+        index_library(lib, str(ckpt), folders=[str(photos)], device="cpu")
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    settings.setValue("library/name", "back-again")
+    settings.setValue("model/source", str(ckpt))
+    win = MainWindow(settings=settings, first_start_sample=False, open_library_now=False)
+    qtbot.addWidget(win)
+    starts: list[list] = []
+    win.watcher.running_changed.connect(
+        lambda on: starts.append([t.outcome for t in win._warming]) if on else None)
+    win.show()
+    qtbot.waitUntil(lambda: bool(starts) and win.watcher.running, timeout=60000)
+    qtbot.wait(300)
+    names = [t.name for t in win._warming]
+    assert names == ["quick start", "warm-up index", "warm-up"], names
+    assert len(starts) == 1 and None not in starts[0], starts  # once, and after every start-up load had ended
+    assert win.models._extractor is not None  # the full model was loaded when the watcher began
+    win.close()

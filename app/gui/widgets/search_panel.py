@@ -284,10 +284,10 @@ class SearchPanel(QWidget):
                     self.stack_box.isChecked(), name="search")
         task.signals.finished.connect(self._show_results)
         task.signals.failed.connect(lambda m, _tb: self.error.emit("Search failed", m))
+        self.status.emit("Searching…")
+        self.task_started.emit(task, "Searching")  # the task bar connects to it before it can end
         self.runner.start(task)
         self._show_queries()  # after the start: a chip decodes its photo here (~30 ms for 12 MP) while it searches
-        self.status.emit("Searching…")
-        self.task_started.emit(task, "Searching")
         return task
 
     def _show_results(self, result) -> None:
