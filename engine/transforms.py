@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 def normalize(arr: np.ndarray) -> torch.Tensor:
     """``HxWx3`` uint8 -> ``(3, H, W)`` float32 tensor, scaled to [0, 1] then ImageNet-normalised, as torchvision's
     ToTensor + Normalize compute it (`engine.preprocess.normalize_array`)."""

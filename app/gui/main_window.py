@@ -129,8 +129,7 @@ class MainWindow(PhotoActions, QMainWindow):
         self._pending_files: list[Path] = []  # "Open with Dinoscope": searched once the library is ready
         self._indexing: Task | None = None
         self._starting = False  # inside _after_first_show
-        self._warming: list[Task] = []  # start-up loads (torch, the model, the vector index) for the first drop
-        self._watch_after: set[Task] = set()  # those the folder watcher waits for
+        self._warming: list[Task] = []  # start-up loads (the model, the vector index): the folder watcher waits
 
         # Bottom: model and device, running task.
         self.model_label = QPushButton()
@@ -217,10 +216,8 @@ class MainWindow(PhotoActions, QMainWindow):
         try:
             if early:
                 name = str(self.settings.value("library/name", ""))
-                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_quick(),
-                                                            name="quick start")))
-                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up_index_named(name),
-                                                            name="warm-up index")))
+                self._warm(Task(lambda _r, _c: self.models.warm_up_quick(), name="quick start"))
+                self._warm(Task(lambda _r, _c: self.models.warm_up_index_named(name), name="warm-up index"))
             else:
                 self._start_labelled(Task(lambda _r, _c: self.models.probe_device(), name="device"))
             if self.libraries.library is None:
@@ -232,10 +229,9 @@ class MainWindow(PhotoActions, QMainWindow):
             if early:
                 # The device probe rides along: a task of its own held one of the pool's two threads for torch's
                 # import.
-                self._warming.append(self._start_labelled(
-                    Task(lambda _r, _c: self.models.warm_up(None, probe=True), name="warm-up")))
+                self._warm(Task(lambda _r, _c: self.models.warm_up(None, probe=True), name="warm-up"), label=True)
             elif idle:
-                self._warming.append(self.runner.start(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up")))
+                self._warm(Task(lambda _r, _c: self.models.warm_up(lib), name="warm-up"))
         finally:
             self._starting = False
         if idle:
@@ -246,6 +242,16 @@ class MainWindow(PhotoActions, QMainWindow):
         for sig in (task.signals.finished, task.signals.failed):
             sig.connect(lambda *_a: self._update_model_label())
         return self.runner.start(task)
+
+    def _warm(self, task: Task, label: bool = False) -> None:
+        """Start a start-up load; the folder watcher is asked again when it ends (connected before it starts)."""
+        self._warming.append(task)
+        for sig in (task.signals.finished, task.signals.failed, task.signals.cancelled):
+            sig.connect(lambda *_a: self.watch_library())
+        if label:
+            self._start_labelled(task)
+        else:
+            self.runner.start(task)
 
     def _make_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -420,18 +426,10 @@ class MainWindow(PhotoActions, QMainWindow):
         lib = self.libraries.library
         if lib is None or not self._shown or (self._indexing is not None and self._indexing.outcome is None):
             return
-        if self._starting:  # _after_first_show calls again once its warm-up tasks are running
-            return
-        warming = next((t for t in self._warming if t.outcome is None), None)
-        if warming is not None:
-            # The watcher loads its own model and walks the folders: started while torch and the model load for
-            # the first drop, it cost that drop seconds (bench/startup.py). It starts once they are in memory.
-            if warming not in self._watch_after:
-                self._watch_after.add(warming)
-                for sig in (warming.signals.finished, warming.signals.failed, warming.signals.cancelled):
-                    sig.connect(lambda *_a: self.watch_library())
-                if warming.outcome is not None:  # it ended before the connections: its signals went nowhere
-                    QTimer.singleShot(0, self.watch_library)
+        # The watcher loads its own model and walks the folders: started while torch and the model load for the
+        # first drop, it cost that drop seconds (bench/startup.py). It starts once they are in memory: each
+        # start-up load asks again when it ends (_warm), and _after_first_show once it has started them all.
+        if self._starting or any(t.outcome is None for t in self._warming):
             return
         if self.models.available_locally():
             self.watcher.start(str(lib.root), self.models.source, self.models.device_name)

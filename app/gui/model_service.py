@@ -114,8 +114,7 @@ class ModelService(QObject):
 
     def warm_up_quick(self) -> bool:
         """Load the compiled model of an earlier session without torch (engine.runtime.ov_quick), so that a drop
-        right after start-up is searched while torch still loads (call from a worker). Never raises: the quick
-        start is only a shortcut, and the full model loads after it whatever happens here."""
+        right after start-up is searched while torch still loads (call from a worker)."""
         key = self.quick_key()
         if self._quick is not None and self._quick.source == key:
             return True
@@ -125,10 +124,7 @@ class ModelService(QObject):
         try:
             from engine.runtime.ov_quick import quick_extractor
 
-            quick = quick_extractor(key, self.device_name)
-        except Exception:  # a bug or a broken install must not keep torch and the full model from loading
-            log.exception("quick start failed; the full model loads")
-            quick = None
+            quick = quick_extractor(key, self.device_name)  # never raises
         finally:
             self._quick_loading.set()
         # Kept only if the user did not switch models meanwhile and the full model did not get there first.

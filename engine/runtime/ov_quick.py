@@ -137,7 +137,8 @@ class QuickExtractor:
 
 
 def quick_extractor(source: str, device_request: str = "auto") -> QuickExtractor | None:
-    """The quick extractor for `source`, or None when its recipe or blob cannot be trusted (see the module doc)."""
+    """The quick extractor for `source`, or None when its recipe or blob cannot be trusted (see the module doc).
+    Never raises: it is only a shortcut, and the caller loads the full model whatever happens here."""
     if (os.environ.get("DINOSCOPE_BACKEND") or "auto") not in ("auto", "openvino"):
         return None
     recipe = read_recipe(source, device_request)
@@ -149,6 +150,8 @@ def quick_extractor(source: str, device_request: str = "auto") -> QuickExtractor
         return None
     if identity != recipe.identity:
         log.info("quick start: %s changed since it was compiled; the full model loads", recipe.file)
+        return None
+    if recipe.key.input_size != QuickExtractor.input_size:
         return None
     try:
         import openvino as ov
@@ -169,12 +172,10 @@ def quick_extractor(source: str, device_request: str = "auto") -> QuickExtractor
                     return None
                 compiled = core.import_model(io.BytesIO(blob), device, recipe.config)
                 _COMPILED[str(path)] = compiled
+        return QuickExtractor(recipe, compiled)
     except CacheInvalid as e:
         log.info("quick start: the compiled model is %s; the full model loads", e)
         return None
     except Exception as e:  # a broken OpenVINO install, a blob it rejects: the full path decides what to do
         log.info("quick start unavailable (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return None
-    if recipe.key.input_size != QuickExtractor.input_size:
-        return None
-    return QuickExtractor(recipe, compiled)

@@ -16,21 +16,30 @@ from engine.store.indexer import index_library
 from tests.helpers import tiny_config
 
 
-def test_a_photo_copied_into_a_watched_folder_appears(qtbot, tmp_path: Path, skimage_data_dir: Path,
-                                                      monkeypatch) -> None:
-    monkeypatch.setenv("DINOSCOPE_WATCH", "1")
+def _indexed_library(tmp_path: Path, skimage_data_dir: Path, name: str, images: tuple[str, ...]):
+    """A folder of real photos indexed into library `name` with a tiny random ViT, and the settings of a user who
+    used it last: (the folder, the settings)."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name in ("astronaut.png", "coffee.png", "chelsea.png"):
-        Image.open(skimage_data_dir / name).convert("RGB").resize((256, 192)).save(photos / f"{Path(name).stem}.jpg")
+    for image in images:
+        rgb = Image.open(skimage_data_dir / image).convert("RGB")
+        rgb.resize((256, 192)).save(photos / f"{Path(image).stem}.jpg")
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.pth"
     torch.save(DinoVisionTransformer(tiny_config()).state_dict(), ckpt)
-    with Library.open("watched") as lib:
+    with Library.open(name) as lib:
         index_library(lib, str(ckpt), folders=[str(photos)], device="cpu")
     settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
-    settings.setValue("library/name", "watched")
+    settings.setValue("library/name", name)
     settings.setValue("model/source", str(ckpt))
+    return photos, settings
+
+
+def test_a_photo_copied_into_a_watched_folder_appears(qtbot, tmp_path: Path, skimage_data_dir: Path,
+                                                      monkeypatch) -> None:
+    monkeypatch.setenv("DINOSCOPE_WATCH", "1")
+    photos, settings = _indexed_library(tmp_path, skimage_data_dir, "watched",
+                                        ("astronaut.png", "coffee.png", "chelsea.png"))
     win = MainWindow(settings=settings, first_start_sample=False)
     qtbot.addWidget(win)
     watching: list[bool] = []
@@ -61,17 +70,7 @@ def test_a_returning_user_s_watcher_starts_once_after_the_start_up_loads(qtbot, 
     of its own and walks the folders, waits for the quick start, the vector index and the full model, then starts
     once (it used to start, be stopped and start again while they loaded)."""
     monkeypatch.setenv("DINOSCOPE_WATCH", "1")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    Image.open(skimage_data_dir / "coffee.png").convert("RGB").resize((256, 192)).save(photos / "coffee.jpg")
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.pth"
-    torch.save(DinoVisionTransformer(tiny_config()).state_dict(), ckpt)
-    with Library.open("back-again") as lib:
-        index_library(lib, str(ckpt), folders=[str(photos)], device="cpu")
-    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
-    settings.setValue("library/name", "back-again")
-    settings.setValue("model/source", str(ckpt))
+    _photos, settings = _indexed_library(tmp_path, skimage_data_dir, "back-again", ("coffee.png",))
     win = MainWindow(settings=settings, first_start_sample=False, open_library_now=False)
     qtbot.addWidget(win)
     starts: list[list] = []
