@@ -84,6 +84,7 @@ def test_second_start_loads_the_compiled_model(dinoscope_home: Path, photos, ref
     (lambda p: p.write_bytes(b"\x00" * 64), "not a Dinoscope compiled-model file"),
     (lambda p: rewrite_header(p, openvino="2024.0.0-0000"), "made by OpenVINO 2024.0.0"),
     (lambda p: rewrite_header(p, weights="0" * 64), "made for another weights"),
+    (lambda p: rewrite_header(p, code="0" * 24), "converted from other model code"),  # Dinoscope was updated
 ])
 def test_a_damaged_or_stale_cache_is_rebuilt_with_one_line(dinoscope_home: Path, photos, reference, caplog,
                                                            damage, why) -> None:

@@ -20,7 +20,7 @@ from engine.imageio import load_rgb
 from engine.models import load_backbone, save_backbone
 from engine.preprocess import normalize_array
 from engine.query import run_query
-from engine.runtime import ov_quick
+from engine.runtime import ov_cache, ov_quick
 from engine.runtime.ov_cache import CacheKey, cache_folder
 from engine.store import Library, index_library
 from engine.transforms import eval_batch
@@ -139,6 +139,26 @@ def test_a_changed_checkpoint_a_damaged_blob_or_recipe_is_never_used(home: Path,
     body = json.loads(json.dumps({"format": 1, "source": str(checkpoint)}))
     recipe.write_text(json.dumps(body))  # fields missing
     assert ov_quick.quick_extractor(str(checkpoint)) is None
+
+
+def test_after_an_update_of_the_model_code_the_old_blob_is_never_used(home: Path, checkpoint: Path, caplog) -> None:
+    full_extractor(checkpoint)
+    ov_quick._COMPILED.clear()
+    recipe = ov_quick.recipe_path(str(checkpoint), "auto")
+    body = json.loads(recipe.read_text())
+    key = CacheKey(**body["key"])
+    blob = cache_folder() / key.filename()
+    old = CacheKey(**{**body["key"], "code": "an-older-release"})  # what the previous Dinoscope wrote
+    ov_cache.save(blob, old, ov_cache.load(blob, key))
+    recipe.write_text(json.dumps({**body, "key": {**body["key"], "code": old.code}}))
+
+    with caplog.at_level("INFO", logger="dinoscope.runtime"):
+        assert ov_quick.quick_extractor(str(checkpoint)) is None
+    assert "another version of the model code" in caplog.text
+    ex = full_extractor(checkpoint)
+    assert ex.runtime.cache_status == "rebuilt"  # converted again from the code that runs now
+    ov_quick._COMPILED.clear()
+    assert ov_quick.quick_extractor(str(checkpoint)) is not None
 
 
 def test_torch_forced_by_the_environment_skips_the_quick_path(home: Path, checkpoint: Path, monkeypatch) -> None:

@@ -139,7 +139,8 @@ class OpenVinoRuntime:
         digest = weights_hash(folded)
         self.timings["hash_s"] = time.perf_counter() - t
         key = ov_cache.CacheKey(digest, input_size, self.hint,
-                                f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}", ov.get_version())
+                                f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}", ov.get_version(),
+                                ov_cache.conversion_code())
         self.key = key
         self.cache_path = ov_cache.cache_folder() / key.filename() if use_cache else None
         compiled = self._from_cache(core, key) if use_cache else None

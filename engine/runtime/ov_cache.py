@@ -1,16 +1,20 @@
 """The compiled OpenVINO model on disk, so that the second start costs no conversion and no compilation.
 
 One file per (weights, input size, precision, device) under the data folder's cache, named from those; its header
-records the OpenVINO version and a SHA-256 of the blob. A file that is truncated, corrupt, unreadable or made by
-another OpenVINO version is never handed to OpenVINO: `load` says why in one line and the caller rebuilds it.
+records the OpenVINO version, a fingerprint of the model code that was converted (`conversion_code`) and a SHA-256
+of the blob. A file that is truncated, corrupt, unreadable, made by another OpenVINO version or from other model
+code (an updated Dinoscope) is never handed to OpenVINO: `load` says why in one line and the caller rebuilds it.
 Files are written atomically (temp file, fsync, rename), so a crash leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,13 @@ from engine.atomic import atomic_write
 
 MAGIC = b"DINOSCOPE-OV1\n"
 _LEN = struct.Struct("<I")
+
+ENGINE = Path(__file__).resolve().parents[1]
+# What a blob computes is decided by these sources (relative to engine/; a folder means its .py files): the
+# backbone and its layers, the config, the layer-scale fold and the fixed-size wrapper that is converted. Weights
+# alone do not identify a blob: an update that changes any of these must not find the old graph in the cache.
+CONVERSION_SOURCES = ("models/vision_transformer.py", "models/config.py", "models/fuse.py", "models/layers",
+                      "runtime/openvino_backend.py")
 
 
 class CacheInvalid(ValueError):
@@ -31,16 +42,42 @@ class CacheKey:
     precision: str  # OpenVINO inference precision: "f32" or "bf16"
     device: str  # OpenVINO device, with its full name (a blob is compiled for one CPU/GPU)
     ov_version: str
+    code: str  # `conversion_code()` when it was converted
 
     def filename(self) -> str:
-        """Everything but the OpenVINO version: a newer OpenVINO finds the old file and replaces it."""
+        """Everything but the OpenVINO version and the code: an update finds the old file and replaces it."""
         dev = hashlib.blake2b(self.device.encode(), digest_size=4).hexdigest()
         return f"{self.weights[:24]}-{self.input_size}px-{self.precision}-{dev}.ovblob"
 
     def header(self, payload: bytes) -> dict:
         return {"weights": self.weights, "input_size": self.input_size, "precision": self.precision,
-                "device": self.device, "openvino": self.ov_version, "bytes": len(payload),
+                "device": self.device, "openvino": self.ov_version, "code": self.code, "bytes": len(payload),
                 "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+@functools.lru_cache(maxsize=4)
+def conversion_code(root: Path = ENGINE) -> str:
+    """A fingerprint of the model code a blob was converted from (`CONVERSION_SOURCES` under `root`), read as
+    bytes so that it needs no torch (the quick start checks it too). Any edit, a comment included, rebuilds the
+    cache once. A frozen bundle ships no sources: its executable's size and date stand for its code."""
+    h = hashlib.blake2b(digest_size=12)
+    found = False
+    for rel in CONVERSION_SOURCES:
+        where = root / rel
+        for file in sorted(where.glob("*.py")) if where.is_dir() else [where]:
+            try:
+                data = file.read_bytes()
+            except OSError:
+                continue
+            found = True
+            h.update(file.relative_to(root).as_posix().encode() + b"\0" + data + b"\0")
+    if not found:
+        try:
+            st = os.stat(sys.executable)
+            h.update(f"frozen {st.st_size} {st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(b"unknown")
+    return h.hexdigest()
 
 
 def cache_folder() -> Path:
@@ -69,6 +106,8 @@ def load(path: Path, key: CacheKey) -> bytes | None:
         raise CacheInvalid(f"corrupt header ({e})") from e
     if header.get("openvino") != key.ov_version:
         raise CacheInvalid(f"made by OpenVINO {header.get('openvino')}, this is {key.ov_version}")
+    if header.get("code") != key.code:
+        raise CacheInvalid("converted from other model code (Dinoscope was updated)")
     expected = key.header(b"")
     for field in ("weights", "input_size", "precision", "device"):
         if header.get(field) != expected[field]:

@@ -9,9 +9,9 @@ The link from a model source to its blob is a small "recipe" written when the fu
 it: the checkpoint file's path, size, modification and change times and inode, and the cache key. It is written
 only for the automatic precision on the automatic or CPU device (what the window asks for), and removed when such
 an extractor ends up on torch. `quick_extractor` trusts a recipe only while the file is unchanged, the OpenVINO
-version and the CPU are the same and the blob passes its checksum (`ov_cache.load`); anything else returns None
-with one logged line, and the caller waits for the full extractor. Only 224-px CLS vectors are given here: region
-queries, patch tokens and other sizes need the full extractor.
+version, the CPU and the model code are the same and the blob passes its checksum (`ov_cache.load`); anything else
+returns None with one logged line, and the caller waits for the full extractor. Only 224-px CLS vectors are given
+here: region queries, patch tokens and other sizes need the full extractor.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import numpy as np
 
 from engine.atomic import atomic_write
 from engine.runtime import log
-from engine.runtime.ov_cache import CacheInvalid, CacheKey, cache_folder, load
+from engine.runtime.ov_cache import CacheInvalid, CacheKey, cache_folder, conversion_code, load
 
-RECIPE_FORMAT = 2
+RECIPE_FORMAT = 3  # 3: the cache key names the model code (ov_cache.conversion_code)
 
 # Blobs already imported by this process, by cache file: the full extractor takes the quick one's compiled model
 # instead of importing the same blob a second time.
@@ -159,9 +159,12 @@ def quick_extractor(source: str, device_request: str = "auto") -> QuickExtractor
         core = ov.Core()
         device = recipe.key.device.split(":", 1)[0]
         here = f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}"
-        key = CacheKey(recipe.key.weights, recipe.key.input_size, recipe.key.precision, here, ov.get_version())
+        key = CacheKey(recipe.key.weights, recipe.key.input_size, recipe.key.precision, here, ov.get_version(),
+                       conversion_code())
         if key != recipe.key:
-            log.info("quick start: the compiled model was made for another CPU or OpenVINO version")
+            what = ("version of the model code (Dinoscope was updated)" if key.code != recipe.key.code else
+                    "OpenVINO version" if key.ov_version != recipe.key.ov_version else "CPU")
+            log.info("quick start: the compiled model was made for another %s; the full model loads", what)
             return None
         path = cache_folder() / key.filename()
         with _COMPILED_LOCK:
