@@ -131,19 +131,20 @@ class Extractor:
 
     # --------------------------------------------------------------------------- tensors in, features out
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normed CLS and patch tokens; the fixed-size backend takes its size, torch every other one."""
+    def forward(self, x: torch.Tensor, patches: bool = True) -> dict[str, torch.Tensor]:
+        """Normed CLS and patch tokens (patches maybe left out when not asked for); the fixed-size backend takes
+        its size, torch every other one."""
         size = self.runtime.input_size
         if size is None or tuple(x.shape[-2:]) != (size, size):
-            return self.torch_runtime.run(x)
+            return self.torch_runtime.run(x, patches)
         if self.chunk and len(x) > self.chunk:
-            parts = [self.runtime.run(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
-            return {k: torch.cat([p[k] for p in parts]) for k in ("x_norm_clstoken", "x_norm_patchtokens")}
-        return self.runtime.run(x)
+            parts = [self.runtime.run(x[i : i + self.chunk], patches) for i in range(0, len(x), self.chunk)]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return self.runtime.run(x, patches)
 
     def embed_tensor(self, x: torch.Tensor) -> Batch:
         """(B,3,H,W) normalised images -> L2-normalised CLS (and patch tokens when configured)."""
-        out = self.forward(x)
+        out = self.forward(x, patches=self.patch_tokens)
         cls = F.normalize(out["x_norm_clstoken"].float(), dim=-1).cpu().numpy()
         patch = None
         if self.patch_tokens:

@@ -130,3 +130,17 @@ def test_library_commands_refuse_an_unknown_backend_before_opening_the_library(c
     assert open_with_model("nowhere", None, backend="onnx") is None
     err = capsys.readouterr().err
     assert "unknown backend 'onnx'" in err and "nowhere" not in err
+
+
+def test_a_query_that_needs_only_cls_gets_the_same_vectors_without_the_patch_copy(photos: torch.Tensor) -> None:
+    """Searches by photo need only CLS: OpenVINO then leaves the patch tokens in its buffers (a 3-4 % copy at
+    batch 32); the CLS vectors are those the indexer (patch tokens on) gets, and forward() still gives both."""
+    model = tiny_backbone(seed=5)
+    query = Extractor(model, device="cpu", precision="fp32", backend="openvino")
+    index = Extractor(model, device="cpu", precision="fp32", backend="openvino", patch_tokens=True)
+    assert query.patch_tokens is False
+    assert set(query.runtime.run(photos, patches=False)) == {"x_norm_clstoken"}
+    a, b = query.embed_tensor(photos), index.embed_tensor(photos)
+    assert a.patch is None and b.patch is not None
+    np.testing.assert_array_equal(a.cls, b.cls)
+    assert set(query.forward(photos)) == {"x_norm_clstoken", "x_norm_patchtokens"}

@@ -32,8 +32,11 @@ class Runtime(Protocol):
     precision: str  # "fp32", "bf16", "fp16" or "int8"
     input_size: int | None  # the only square side it runs (None: any size)
 
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B,3,H,W) normalised images -> {"x_norm_clstoken": (B,D), "x_norm_patchtokens": (B,N,D)}."""
+    def run(self, x: torch.Tensor, patches: bool = True) -> dict[str, torch.Tensor]:
+        """(B,3,H,W) normalised images -> {"x_norm_clstoken": (B,D), "x_norm_patchtokens": (B,N,D)}.
+
+        With `patches=False` a backend may leave the patch tokens out (a query needs only CLS, and copying
+        B x 256 x D floats out of OpenVINO's buffers cost 3-4 % of a batch)."""
         ...
 
 

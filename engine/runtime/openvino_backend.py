@@ -234,7 +234,7 @@ class OpenVinoRuntime:
         self.probe_cosine = cos
 
     # -------------------------------------------------------------------------------------------- running
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, x: torch.Tensor, patches: bool = True) -> dict[str, torch.Tensor]:
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"the OpenVINO model runs {self.input_size}x{self.input_size} inputs, got "
                              f"{tuple(x.shape[-2:])}")
@@ -242,5 +242,7 @@ class OpenVinoRuntime:
         with self.lock:
             out = self.request.infer({0: arr})
             cls = np.array(out[0], dtype=np.float32, copy=True)  # the request reuses its output buffers
-            patch = np.array(out[1], dtype=np.float32, copy=True)
+            patch = np.array(out[1], dtype=np.float32, copy=True) if patches else None
+        if patch is None:
+            return {"x_norm_clstoken": torch.from_numpy(cls)}
         return {"x_norm_clstoken": torch.from_numpy(cls), "x_norm_patchtokens": torch.from_numpy(patch)}

@@ -56,7 +56,8 @@ class TorchRuntime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, x: torch.Tensor, patches: bool = True) -> dict[str, torch.Tensor]:
+        """Both token kinds whatever `patches` says: the model computes them in one pass anyway."""
         x = x.to(self.device, non_blocking=True)
         if self.chunk and len(x) > self.chunk:
             parts = [self.run(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
