@@ -42,8 +42,11 @@ class Batch:
 class Extractor:
     """Runs a backbone in inference mode at the best precision the device has, through the fastest backend.
 
-    precision: "auto" picks bf16 on GPUs and on CPUs with AVX512-BF16/AMX, fp16 on MPS, else fp32; "int8"
-    quantises the linear layers dynamically (torch, CPU only). The model is copied when its weights must change.
+    precision: "auto" picks bf16 on GPUs and on CPUs with AVX512-BF16/AMX, fp16 on MPS, else fp32; "int8" (CPU
+    only) is OpenVINO's post-training quantisation (NNCF, calibrated on `calibration` photos, by default the sample
+    library: `engine.runtime.ov_int8`) for the 224-px path, and torch's dynamic quantisation of the linears for
+    other sizes, or for all of them when OpenVINO or NNCF cannot run it. The model is copied when its weights must
+    change.
 
     backend: "auto" takes OpenVINO on x86 CPUs when it is installed and converts the model (the 224-px path that
     indexing and queries use), torch otherwise, logging one line that says why; "torch" and "openvino" force one
@@ -62,6 +65,7 @@ class Extractor:
         patch_tokens: bool = False,
         cpu_chunk: int | None = 8,
         backend: str = "auto",
+        calibration: torch.Tensor | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -91,7 +95,7 @@ class Extractor:
         self.runtime: Runtime = self.torch_runtime
         self.backend_reason = "asked for" if backend == "torch" else ""
         if backend != "torch":
-            self._try_openvino(backend, ov_device, precision)
+            self._try_openvino(backend, ov_device, precision, model, calibration)
         if precision == "auto" and backend == "auto" and not ov_device and isinstance(device, str):
             _remember_quick(model, self.runtime if self.runtime is not self.torch_runtime else None, device)
         self.backend = self.runtime.name
@@ -105,15 +109,20 @@ class Extractor:
             self.chunk = cpu_chunk if self.device.type == "cpu" else None
         self.workers = workers or min(4, os.cpu_count() or 2)
 
-    def _try_openvino(self, backend: str, ov_device: str | None, precision: str) -> None:
+    def _try_openvino(self, backend: str, ov_device: str | None, precision: str, model: torch.nn.Module,
+                      calibration: torch.Tensor | None) -> None:
         """Put OpenVINO in front for the fixed-size path when it can run; else say why torch runs it."""
+        from engine.models.fuse import fold_layerscale
         from engine.runtime.openvino_backend import OpenVinoRuntime
 
         ov_precision = ("fp16" if precision == "auto" else precision) if ov_device else self.precision
         reason = None if (backend == "openvino" or ov_device) else auto_reason(self.device, self.precision)
         if reason is None:
             try:
-                self.runtime = OpenVinoRuntime(self.model, ov_precision, device=ov_device or "CPU")
+                # int8 quantises the float model itself (torch's copy holds dynamically quantised linears)
+                folded = fold_layerscale(model).float().eval() if ov_precision == "int8" else self.model
+                self.runtime = OpenVinoRuntime(folded, ov_precision, device=ov_device or "CPU",
+                                               calibration=calibration)
                 self.precision = ov_precision
                 self.backend_reason = f"OpenVINO {ov_precision} on {ov_device or 'CPU'}"
                 log.info("backend: %s (compiled-model cache: %s)", self.backend_reason, self.runtime.cache_status)

@@ -104,13 +104,16 @@ def test_environment_variable_replaces_auto(monkeypatch: pytest.MonkeyPatch) -> 
         Extractor(tiny_backbone(seed=6), device="cpu")
 
 
-def test_int8_and_fp16_stay_on_torch_with_one_line(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_fp16_stays_on_torch_with_one_line_and_int8_goes_to_openvino(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog) -> None:
     monkeypatch.delenv("DINOSCOPE_BACKEND", raising=False)
     with caplog.at_level(logging.INFO, logger="dinoscope.runtime"):
-        ex = Extractor(tiny_backbone(seed=6), device="cpu", precision="int8")
-    assert ex.backend == "torch" and ex.precision == "int8"
+        ex = Extractor(tiny_backbone(seed=6), device="cpu", precision="fp16")
+    assert ex.backend == "torch" and ex.precision == "fp16"
     lines = [r.getMessage() for r in caplog.records if r.name == "dinoscope.runtime"]
-    assert len(lines) == 1 and "int8" in lines[0]
+    assert len(lines) == 1 and "fp16" in lines[0] and "torch runs the model" in lines[0]
+    ex = Extractor(tiny_backbone(seed=6), device="cpu", precision="int8")
+    assert ex.backend == "openvino" and ex.precision == "int8"
 
 
 def test_bad_backend_and_openvino_device_names_are_refused() -> None:
@@ -144,3 +147,45 @@ def test_a_query_that_needs_only_cls_gets_the_same_vectors_without_the_patch_cop
     assert a.patch is None and b.patch is not None
     np.testing.assert_array_equal(a.cls, b.cls)
     assert set(query.forward(photos)) == {"x_norm_clstoken", "x_norm_patchtokens"}
+
+
+def test_int8_runs_on_openvino_and_keeps_the_vectors(dinoscope_home: Path) -> None:
+    """`--precision int8`: NNCF's quantisation calibrated on photos the test does not score keeps CLS within the
+    0.995 the issue asks. A full-size ViT-S/14 (official init) on 16 photos, calibrated on the other 14: tiny models
+    and fewer photos stay near 1.0 with any recipe, while this split shows the difference (every linear quantised:
+    worst photo 0.990; ours: 0.9994). fp32 converted on the way is not changed by it."""
+    from engine.models import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone("dinov2_vits14").eval()
+    files = sorted(SAMPLE.rglob("*.jpg"))
+    photos = torch.stack([eval_input(p) for p in files[:16]])
+    calibration = torch.stack([eval_input(p) for p in files[16:]])
+    ref = Extractor(model, device="cpu", precision="fp32", backend="torch", patch_tokens=True).embed_tensor(photos)
+    ex = Extractor(model, device="cpu", precision="int8", calibration=calibration, patch_tokens=True,
+                   backend="openvino")
+    assert (ex.backend, ex.precision) == ("openvino", "int8")
+    assert "quantize_s" in ex.runtime.timings
+    got = ex.embed_tensor(photos)
+    assert cosine(got.cls, ref.cls).min() >= 0.995
+    assert cosine(got.patch, ref.patch).mean() >= 0.999
+    fp32 = Extractor(model, device="cpu", precision="fp32", backend="openvino")
+    assert cosine(fp32.embed_tensor(photos).cls, ref.cls).min() >= 0.9999
+    # other sizes (dense overlays) run on torch's dynamic int8
+    wide = torch.nn.functional.interpolate(photos[:2], size=(224, 308))
+    assert ex.forward(wide)["x_norm_patchtokens"].shape == (2, 16 * 22, 384)
+
+
+def test_int8_calibrates_on_the_sample_library_once_and_caches_the_result(photos: torch.Tensor,
+                                                                           dinoscope_home: Path) -> None:
+    model = tiny_backbone(seed=6)
+    first = Extractor(model, device="cpu", precision="int8", backend="openvino")
+    assert (first.backend, first.runtime.cache_status) == ("openvino", "new")
+    again = Extractor(model, device="cpu", precision="int8", backend="openvino")
+    assert (again.backend, again.runtime.cache_status) == ("openvino", "hit")
+    assert "quantize_s" not in again.runtime.timings
+    np.testing.assert_allclose(again.embed_tensor(photos).cls, first.embed_tensor(photos).cls, atol=1e-6)
+    # another calibration set is another model, in its own file; the bf16/fp32 blob is not replaced either
+    Extractor(model, device="cpu", precision="int8", calibration=photos, backend="openvino")
+    Extractor(model, device="cpu", precision="fp32", backend="openvino")
+    assert len(list((dinoscope_home / "cache" / "openvino").glob("*.ovblob"))) == 3

@@ -135,3 +135,19 @@ def test_a_model_openvino_cannot_convert_falls_back_to_torch(photos, caplog) -> 
     assert np.abs(ex.embed_tensor(photos).cls - ref).max() < 1e-6
     with pytest.raises(BackendUnavailable, match="could not convert"):
         Extractor(model, device="cpu", backend="openvino")
+
+
+def test_int8_without_nncf_falls_back_to_torch_int8(monkeypatch: pytest.MonkeyPatch, photos, reference,
+                                                     caplog) -> None:
+    """A bundle or install without NNCF: `--precision int8` still runs (torch's dynamic quantisation), and says
+    why in one line; forcing OpenVINO says what is missing."""
+    monkeypatch.delenv("DINOSCOPE_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "nncf", None)  # what `import nncf` meets without the package
+    with caplog.at_level(logging.INFO, logger="dinoscope.runtime"):
+        ex = Extractor(tiny_backbone(seed=7), device="cpu", precision="int8")
+    lines = runtime_lines(caplog)
+    assert (ex.backend, ex.precision) == ("torch", "int8")
+    assert len(lines) == 1 and "needs NNCF" in lines[0] and "torch runs the model" in lines[0]
+    assert (ex.embed_tensor(photos).cls * reference).sum(1).min() >= 0.99
+    with pytest.raises(BackendUnavailable, match="needs NNCF"):
+        Extractor(tiny_backbone(seed=7), device="cpu", precision="int8", backend="openvino")

@@ -52,8 +52,8 @@ def auto_reason(device: torch.device | str, precision: str) -> str | None:
         return f"{device.type.upper()} device: torch runs the model"
     if not is_x86():
         return f"{platform.machine()} CPU: OpenVINO is used on x86 CPUs only; torch runs the model"
-    if precision not in ("fp32", "bf16"):
-        return f"precision {precision}: torch runs the model (OpenVINO is used for fp32 and bf16)"
+    if precision not in ("fp32", "bf16", "int8"):
+        return f"precision {precision}: torch runs the model (OpenVINO is used for fp32, bf16 and int8)"
     return None
 
 

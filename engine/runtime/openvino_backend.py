@@ -1,5 +1,6 @@
 """The OpenVINO backend: our backbone converted at a fixed square input size with a dynamic batch, compiled for an
-OpenVINO device (CPU, GPU, NPU) at fp32 or bf16 (fp16 on GPUs/NPUs), and cached compiled on disk.
+OpenVINO device (CPU, GPU, NPU) at fp32 or bf16 (fp16 on GPUs/NPUs), or int8 on CPUs (NNCF, `ov_int8`), and
+cached compiled on disk.
 
 Only the fixed-size path (224 px, what the indexer and queries use) runs here; inputs of any other size (dense
 overlays at aspect-preserving sizes) go to the torch backend. Every newly compiled model is checked against torch fp32
@@ -26,7 +27,7 @@ _CONVERTED: dict[tuple[str, int], object] = {}
 _CONVERTED_MAX = 4
 
 # Minimum CLS cosine to torch fp32 on the probe image (issue 11's parity targets, which the tests check on photos).
-MIN_COSINE = {"f32": 0.9999, "bf16": 0.999, "f16": 0.999}
+MIN_COSINE = {"f32": 0.9999, "bf16": 0.999, "f16": 0.999, "int8": 0.99}
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
@@ -118,14 +119,30 @@ class OpenVinoRuntime:
     name = "openvino"
 
     def __init__(self, folded: torch.nn.Module, precision: str, device: str = "CPU", input_size: int = 224,
-                 use_cache: bool = True) -> None:
-        if precision not in HINTS:
-            raise BackendUnavailable(f"OpenVINO runs fp32, bf16 or fp16 here, not {precision}")
+                 use_cache: bool = True, calibration: torch.Tensor | None = None) -> None:
+        """`calibration`: (N,3,S,S) photos for int8 (default: the sample library, `ov_int8.calibration_images`)."""
+        if precision not in (*HINTS, "int8"):
+            raise BackendUnavailable(f"OpenVINO runs fp32, bf16, fp16 or int8 here, not {precision}")
+        if precision == "int8" and device != "CPU":
+            raise BackendUnavailable(f"int8 runs on OpenVINO's CPU device here, not {device}")
         ov = import_openvino()
         self.precision = precision
         self.input_size = input_size
         self.device = device
-        self.hint = HINTS[precision]
+        self.calibration = calibration  # None: the sample library, decoded only if the model must be quantised
+        if precision == "int8":
+            from engine.device import cpu_has_fast_bf16
+            from engine.runtime import ov_int8
+
+            nncf_version = ov_int8.nncf_version()  # raises BackendUnavailable without NNCF, before any work
+            self.hint = "bf16" if cpu_has_fast_bf16() else "f32"  # for the operations left in float
+            cal = (ov_int8.sample_digest(input_size) if calibration is None
+                   else ov_int8.calibration_digest(calibration))
+            key_precision = f"int8-{self.hint}-{cal}"
+            key_version = f"{ov.get_version()}+nncf{nncf_version}"
+        else:
+            self.hint = HINTS[precision]
+            key_precision, key_version = self.hint, ov.get_version()
         self.timings: dict[str, float] = {}
         self.cache_status = "off"
         self.probe_cosine: float | None = None
@@ -138,8 +155,8 @@ class OpenVinoRuntime:
         t = time.perf_counter()
         digest = weights_hash(folded)
         self.timings["hash_s"] = time.perf_counter() - t
-        key = ov_cache.CacheKey(digest, input_size, self.hint,
-                                f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}", ov.get_version(),
+        key = ov_cache.CacheKey(digest, input_size, key_precision,
+                                f"{device}:{core.get_property(device, 'FULL_DEVICE_NAME')}", key_version,
                                 ov_cache.conversion_code())
         self.key = key
         self.cache_path = ov_cache.cache_folder() / key.filename() if use_cache else None
@@ -203,6 +220,13 @@ class OpenVinoRuntime:
                 _CONVERTED.pop(next(iter(_CONVERTED)))
             _CONVERTED[(digest, self.input_size)] = model
         self.timings["convert_s"] = time.perf_counter() - t
+        if self.precision == "int8":
+            from engine.runtime import ov_int8
+
+            t = time.perf_counter()
+            images = ov_int8.calibration_images(self.input_size) if self.calibration is None else self.calibration
+            model = ov_int8.quantize(model, images)
+            self.timings["quantize_s"] = time.perf_counter() - t
         t = time.perf_counter()
         try:
             compiled = core.compile_model(model, self.device, self.config)
@@ -226,11 +250,12 @@ class OpenVinoRuntime:
             ref = F.normalize(folded.forward_features(x)["x_norm_clstoken"], dim=-1)
         got = F.normalize(self.run(x)["x_norm_clstoken"].float(), dim=-1)
         cos = float((ref * got).sum())
-        if not cos >= MIN_COSINE[self.hint]:  # also catches NaN
+        floor = MIN_COSINE["int8" if self.precision == "int8" else self.hint]
+        if not cos >= floor:  # also catches NaN
             if self.cache_path is not None:
                 self.cache_path.unlink(missing_ok=True)
             raise BackendUnavailable(f"OpenVINO's {self.precision} output differs from torch's (CLS cosine "
-                                     f"{cos:.5f} < {MIN_COSINE[self.hint]})")
+                                     f"{cos:.5f} < {floor})")
         self.probe_cosine = cos
 
     # -------------------------------------------------------------------------------------------- running

@@ -25,10 +25,11 @@ _LEN = struct.Struct("<I")
 
 ENGINE = Path(__file__).resolve().parents[1]
 # What a blob computes is decided by these sources (relative to engine/; a folder means its .py files): the
-# backbone and its layers, the config, the layer-scale fold and the fixed-size wrapper that is converted. Weights
+# backbone and its layers, the config, the layer-scale fold, the fixed-size wrapper that is converted and the int8
+# recipe. Weights
 # alone do not identify a blob: an update that changes any of these must not find the old graph in the cache.
 CONVERSION_SOURCES = ("models/vision_transformer.py", "models/config.py", "models/fuse.py", "models/layers",
-                      "runtime/openvino_backend.py")
+                      "runtime/openvino_backend.py", "runtime/ov_int8.py")
 
 
 class CacheInvalid(ValueError):
@@ -39,7 +40,7 @@ class CacheInvalid(ValueError):
 class CacheKey:
     weights: str  # hash of the folded backbone's weights
     input_size: int
-    precision: str  # OpenVINO inference precision: "f32" or "bf16"
+    precision: str  # OpenVINO inference precision ("f32", "bf16"), or "int8-<float precision>-<calibration>"
     device: str  # OpenVINO device, with its full name (a blob is compiled for one CPU/GPU)
     ov_version: str
     code: str  # `conversion_code()` when it was converted
