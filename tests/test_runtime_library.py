@@ -75,3 +75,22 @@ def test_cli_embed_and_index_take_the_backend(tmp_path: Path, folder: Path) -> N
     assert r.returncode == 2 and "invalid choice: 'onnx'" in r.stderr
     r = cli("embed", str(folder), "--model", str(checkpoint), "--device", "NPU", "--out", str(tmp_path / "x.npy"))
     assert r.returncode == 2 and "error: OpenVINO sees no NPU device" in r.stderr
+
+
+def test_cli_embed_int8_keeps_stdout_for_results(tmp_path: Path, folder: Path) -> None:
+    """`embed --dtype int8` quantises with NNCF on first use; NNCF's INFO lines and progress bars would land on
+    stdout, where scripts read the CLI's results. The output is the same as fp32's, and says it ran int8."""
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(tiny_backbone(seed=9).state_dict(), checkpoint)
+    env = {k: v for k, v in os.environ.items() if k != "DINOSCOPE_BACKEND"}
+    env["DINOSCOPE_HOME"] = str(tmp_path / "home")
+    out = {}
+    for dtype in ("fp32", "int8"):
+        r = subprocess.run([sys.executable, "-m", "app", "embed", str(folder), "--model", str(checkpoint), "--dtype",
+                            dtype, "--device", "cpu", "--out", str(tmp_path / f"{dtype}.npy")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert f"openvino {dtype}" in r.stderr
+        out[dtype] = r.stdout.replace(f"{dtype}.", "X.")
+    assert out["int8"] == out["fp32"]
+    assert (np.load(tmp_path / "int8.npy") * np.load(tmp_path / "fp32.npy")).sum(1).min() >= 0.99

@@ -14,8 +14,11 @@ library), so one quantised model per checkpoint is cached, whichever library is 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
+import logging
 import sys
 from pathlib import Path
 
@@ -98,14 +101,31 @@ def quantize(model, images: torch.Tensor):
         raise BackendUnavailable("int8 needs photos to calibrate on, and none were found")
     data = nncf.Dataset([np.ascontiguousarray(x[None].numpy(), dtype=np.float32) for x in images])
     try:
-        return nncf.quantize(
-            model, data, subset_size=len(images), model_type=nncf.ModelType.TRANSFORMER,
-            ignored_scope=nncf.IgnoredScope(patterns=list(KEEP_FLOAT), validate=False),
-            advanced_parameters=AdvancedQuantizationParameters(  # -1: SmoothQuant off
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
-        )
+        with _quiet_nncf():
+            return nncf.quantize(
+                model, data, subset_size=len(images), model_type=nncf.ModelType.TRANSFORMER,
+                ignored_scope=nncf.IgnoredScope(patterns=list(KEEP_FLOAT), validate=False),
+                advanced_parameters=AdvancedQuantizationParameters(  # -1: SmoothQuant off
+                    smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
+            )
     except Exception as e:
         raise BackendUnavailable(f"NNCF could not quantise the model ({type(e).__name__}: {e})") from e
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF logs INFO lines and draws progress bars on stdout, which is the CLI's output (`embed`, `search` print
+    results there): keep its warnings, drop the rest while it quantises."""
+    nncf_log = logging.getLogger("nncf")
+    levels = [(h, h.level) for h in nncf_log.handlers] + [(nncf_log, nncf_log.level)]
+    for obj, _ in levels:
+        obj.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # rich's progress bars write to sys.stdout
+            yield
+    finally:
+        for obj, level in levels:
+            obj.setLevel(level)
 
 
 def nncf_version() -> str:
