@@ -35,6 +35,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def index_precision(int8: bool, device: str = "auto") -> str:
+    """The precision an indexing run asks for when the user prefers int8: int8 where the run lands on the CPU,
+    "auto" on a GPU or an OpenVINO device (int8 is a CPU path, and a preference must not fail a run there)."""
+    if not int8 or openvino_device(device):
+        return "auto"
+    return "int8" if pick_device(device).type == "cpu" else "auto"
+
+
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """AVX512-BF16 or AMX: where bf16 matmuls run 2-3x faster than fp32 (measured in ENVIRONMENT.md §6)."""

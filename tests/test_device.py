@@ -100,3 +100,12 @@ def test_describe_names_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dev.describe(torch.device("cuda")) == "CUDA (NVIDIA H200)"
     assert dev.describe(torch.device("mps")) == "Apple MPS"
     assert dev.describe(torch.device("cpu")) == "CPU"
+
+
+def test_an_int8_preference_applies_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window's "index with int8" is a preference: a run that lands on a GPU (auto with CUDA, an OpenVINO GPU)
+    takes the automatic precision instead of failing with "int8 runs on the CPU only"."""
+    assert dev.index_precision(True, "cpu") == "int8" and dev.index_precision(False, "cpu") == "auto"
+    assert dev.index_precision(True, "GPU") == "auto" and dev.index_precision(True, "NPU") == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dev.index_precision(True, "auto") == "auto"

@@ -14,11 +14,13 @@ LIVE_COMMIT = 16
 
 
 def _index_task(report, cancelled, library_root: str, folders: list[str], model_source: str, device: str,
-                before=None) -> Any:
+                before=None, int8: bool = False) -> Any:
     """`before` runs first, in this worker thread (the window stops its folder watcher there: it holds the
-    library's write lock, and waiting for it to let go must not block the UI)."""
+    library's write lock, and waiting for it to let go must not block the UI). `int8`: the user's preference for
+    int8 indexing, taken where the run lands on the CPU."""
     if before is not None:
         before()
+    from engine.device import index_precision
     from engine.store import Library
     from engine.store.indexer import index_library
 
@@ -33,8 +35,8 @@ def _index_task(report, cancelled, library_root: str, folders: list[str], model_
 
         # Commits every LIVE_COMMIT photos, so the window's grid and counts follow the run (a first start on the
         # 42-photo sample would otherwise show "0 photos" until the end).
-        result = index_library(lib, model_source, device=device, progress=progress, cancel=cancelled,
-                               commit_every=LIVE_COMMIT)
+        result = index_library(lib, model_source, device=device, precision=index_precision(int8, device),
+                               progress=progress, cancel=cancelled, commit_every=LIVE_COMMIT)
         if not result.cancelled and result.model_id is not None:
             from engine.stacks import update_stacks
 
@@ -106,5 +108,6 @@ class LibraryService(QObject):
             self.settings.remove("library/name")
         return lib.name
 
-    def index_task(self, folders: list[str], model_source: str, device: str = "auto", before=None) -> Task:
-        return Task(_index_task, str(self.library.root), folders, model_source, device, before, name="index")
+    def index_task(self, folders: list[str], model_source: str, device: str = "auto", before=None,
+                   int8: bool = False) -> Task:
+        return Task(_index_task, str(self.library.root), folders, model_source, device, before, int8, name="index")

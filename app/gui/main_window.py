@@ -377,7 +377,7 @@ class MainWindow(PhotoActions, QMainWindow):
         if self.libraries.library is None:
             return None
         task = self.libraries.index_task([path], self.models.source, self.models.device_name,
-                                         before=self.watcher.stop)
+                                         before=self.watcher.stop, int8=self.models.index_int8)
         self._indexing = task
         return self.run_task(task, f"Indexing {Path(path).name}", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
@@ -387,7 +387,8 @@ class MainWindow(PhotoActions, QMainWindow):
         lib = self.libraries.library
         if lib is None:
             return None
-        task = self.libraries.index_task([], self.models.source, self.models.device_name, before=self.watcher.stop)
+        task = self.libraries.index_task([], self.models.source, self.models.device_name, before=self.watcher.stop,
+                                         int8=self.models.index_int8)
         self._indexing = task
         return self.run_task(task, "Updating the library", on_done=lambda _r: self._indexing_ended(),
                              on_progress=lambda *_: self._maybe_refresh_while_indexing())
@@ -432,7 +433,7 @@ class MainWindow(PhotoActions, QMainWindow):
         if self._starting or any(t.outcome is None for t in self._warming):
             return
         if self.models.available_locally():
-            self.watcher.start(str(lib.root), self.models.source, self.models.device_name)
+            self.watcher.start(str(lib.root), self.models.source, self.models.device_name, self.models.index_int8)
 
     def show_errors(self) -> None:
         lib = self.libraries.library
@@ -456,11 +457,20 @@ class MainWindow(PhotoActions, QMainWindow):
     def show_models(self) -> None:
         from app.gui.widgets.model_manager import ModelManager
 
-        dlg = ModelManager(self.runner, self.models.source, self, text_source=self.text.source)
+        dlg = ModelManager(self.runner, self.models.source, self, text_source=self.text.source,
+                           index_int8=self.models.index_int8)
         dlg.model_chosen.connect(self.use_model)
+        dlg.index_int8_changed.connect(self.set_index_int8)
         dlg.text_source_chosen.connect(self.text.set_source)
         dlg.text_index_requested.connect(lambda: self.text_actions.index_library())
         dlg.exec()
+
+    def set_index_int8(self, on: bool) -> None:
+        """Photos indexed from now on (by the window and the folder watcher) use int8 on the CPU; vectors already
+        stored stay, since both precisions search together."""
+        self.models.set_index_int8(on)
+        if self.watcher.running:
+            self.watch_library()  # a new target: the watcher restarts with the new precision
 
     def use_model(self, source: str) -> Task | None:
         """A model picked in the model manager: searches need the library's vectors from it, so index with it

@@ -44,6 +44,9 @@ class ModelService(QObject):
         self.settings = settings
         self.source: str = str(settings.value("model/source", DEFAULT_MODEL))
         self.device_name: str = str(settings.value("model/device", "auto"))
+        # Index with int8 on the CPU (engine/runtime/ov_int8.py): off by default, since vectors move by ~0.0005
+        # in cosine and CPUs with AMX gain nothing; searches keep the automatic precision either way.
+        self.index_int8: bool = str(settings.value("model/index_int8", "false")).lower() == "true"
         self._lock = threading.Lock()
         self._extractor: Any = None
         self._extractor_source: str | None = None
@@ -62,6 +65,10 @@ class ModelService(QObject):
             self._extractor_source = None
         self._quick = None
         self.changed.emit(source)
+
+    def set_index_int8(self, on: bool) -> None:
+        self.index_int8 = bool(on)
+        self.settings.setValue("model/index_int8", "true" if on else "false")
 
     def probe_device(self) -> str:
         """The device and precision inference will use, without loading a model (call from a worker)."""

@@ -43,7 +43,7 @@ class WatchService(QObject):
         self.settings = settings
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._target: tuple[str, str, str] | None = None
+        self._target: tuple[str, str, str, bool] | None = None
 
     # ------------------------------------------------------------------------------------------------ switch
     @property
@@ -65,10 +65,11 @@ class WatchService(QObject):
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------------------------------ start / stop
-    def start(self, library_root: str, model_source: str, device: str = "auto") -> bool:
-        """Follow this library's folders with this model (what the window last indexed with). False when the
-        setting is off. A watcher already running for another library is stopped first."""
-        target = (str(library_root), str(model_source), device)
+    def start(self, library_root: str, model_source: str, device: str = "auto", int8: bool = False) -> bool:
+        """Follow this library's folders with this model (what the window last indexed with; `int8` as in
+        LibraryService.index_task). False when the setting is off. A watcher already running for another library,
+        model or precision is stopped first."""
+        target = (str(library_root), str(model_source), device, bool(int8))
         if self.running and target == self._target and not self._stop.is_set():
             return True  # already following these folders with this model: a restart would only cost a join
         self._target = target
@@ -103,7 +104,8 @@ class WatchService(QObject):
                 self.start(*self._target)
 
     # ------------------------------------------------------------------------------------------------ thread
-    def _run(self, library_root: str, model_source: str, device: str, stop: threading.Event) -> None:
+    def _run(self, library_root: str, model_source: str, device: str, int8: bool, stop: threading.Event) -> None:
+        from engine.device import index_precision
         from engine.models import load_backbone
         from engine.store import Library, LibraryBusyError, StoreError
         from engine.watch import watch_library
@@ -118,6 +120,7 @@ class WatchService(QObject):
             try:
                 with Library.open(library_root, create=False) as lib:
                     watch_library(lib, model, cancel=stop.is_set, device=device, model_name=model_source,
+                                  precision=index_precision(int8, device),
                                   on_batch=self._batch, on_notice=lambda n: self.notice.emit(n.message),
                                   ready=_Ready(self.watching.emit))
                 return

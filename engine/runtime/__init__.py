@@ -57,6 +57,19 @@ def auto_reason(device: torch.device | str, precision: str) -> str | None:
     return None
 
 
+def int8_unavailable() -> str | None:
+    """Why fast int8 (OpenVINO quantised by NNCF) cannot run on this machine, None when it can; torch-free and
+    without importing either package (the window asks on its UI thread)."""
+    import importlib.util
+
+    if not is_x86():
+        return f"int8 through OpenVINO runs on x86 CPUs; this one is {platform.machine()}"
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"int8 needs {' and '.join(missing)}, which this installation does not have"
+    return None
+
+
 def import_openvino():
     """The openvino module, or BackendUnavailable naming what is wrong with the install."""
     try:
@@ -69,4 +82,5 @@ def import_openvino():
     return openvino
 
 
-__all__ = ["BACKENDS", "BackendUnavailable", "Runtime", "auto_reason", "import_openvino", "is_x86", "log"]
+__all__ = ["BACKENDS", "BackendUnavailable", "Runtime", "auto_reason", "import_openvino", "int8_unavailable",
+           "is_x86", "log"]

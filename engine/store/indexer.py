@@ -73,6 +73,7 @@ class IndexReport:
     protected: int = 0  # rows kept although unseen, because their folder could not be read
     cancelled: bool = False
     model_id: int | None = None
+    runtime: str = ""  # what embedded the photos: "openvino bf16", "torch int8", ...
     missing_folders: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     index_error: str | None = None  # the vector files could not be written (the database is complete)
@@ -419,6 +420,7 @@ def index_library(
             roots = lib.folders()
         model = ensure_model(lib, backbone, model_name or source, digest)
         report.model_id = model.id
+        report.runtime = f"{extractor.backend} {extractor.precision}"
 
         # ---- scan
         found = [0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QFileDialog,
     QHBoxLayout,
@@ -61,9 +62,10 @@ class ModelManager(QDialog):
     model_chosen = Signal(str)
     text_source_chosen = Signal(str)  # a dino.txt folder to search by words with
     text_index_requested = Signal()  # index the open library with dino.txt (the window runs it)
+    index_int8_changed = Signal(bool)  # index with int8 on the CPU from now on
 
     def __init__(self, runner: TaskRunner, current: str, parent: QWidget | None = None,
-                 text_source: str | None = None) -> None:
+                 text_source: str | None = None, index_int8: bool = False) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
         self.resize(820, 460)
@@ -82,6 +84,7 @@ class ModelManager(QDialog):
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         layout.addWidget(self.table)
+        layout.addWidget(self._int8_box(index_int8))
         buttons = QHBoxLayout()
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip("A .pth, .safetensors or .bin file, or a Hugging Face model folder")
@@ -98,6 +101,22 @@ class ModelManager(QDialog):
         buttons.addWidget(close)
         layout.addLayout(buttons)
         self.refresh()
+
+    def _int8_box(self, on: bool) -> QCheckBox:
+        """Indexing in int8: offered where OpenVINO and NNCF can run it, greyed out with the reason elsewhere."""
+        from engine.runtime import int8_unavailable
+
+        box = QCheckBox("Index faster with int8 on the CPU (photos indexed from now on; searches are unchanged)")
+        box.setObjectName("index_int8")
+        reason = int8_unavailable()
+        box.setChecked(on and reason is None)
+        box.setEnabled(reason is None)
+        box.setToolTip(reason or "The model is quantised once (10-20 s) on the bundled sample photos. Measured "
+                       "1.3-1.6x faster than bf16 on CPUs without AMX, and no faster on CPUs with AMX; the vectors "
+                       "keep a cosine of 0.999 to full precision, so photos indexed either way search together.")
+        box.toggled.connect(self.index_int8_changed)
+        self.int8_box = box
+        return box
 
     def names(self) -> list[str]:
         """The rows: the demo model shipped with the app (when this build has it), then the official backbones."""
