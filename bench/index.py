@@ -2,6 +2,7 @@
 
     python bench/index.py                         # all three parts, default sizes (about 10 minutes on 2 cores)
     python bench/index.py --parts indexing --photos 200
+    python bench/index.py --parts indexing --precisions auto int8     # int8 indexing beside the default
     python bench/index.py --parts search --sizes 100000 1000000 --dims 384 --hnsw-1m
     python bench/index.py --parts query
 
@@ -72,6 +73,8 @@ def index_bytes(index) -> int:
 
 
 def bench_indexing(args) -> dict:
+    """One result per precision in --precisions (the first's keys also at the top level, as before); the
+    precisions alternate within each trial, so their ratio comes from one run."""
     import torch
 
     from engine.extract import Extractor, eval_input
@@ -80,12 +83,13 @@ def bench_indexing(args) -> dict:
 
     files = make_photos(args.photos, megapixels=12.0)
     print(f"\n## indexing: {len(files)} JPEGs of 12 MP, random ViT-S/14 ({machine()})", flush=True)
+    precisions = list(dict.fromkeys(args.precisions))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
         torch.save(build_backbone("dinov2_vits14").state_dict(), tmp / "vits14.pth")
         model = load_backbone(tmp / "vits14.pth")
-        extractor = Extractor(model, backend=args.backend)
+        extractors = {p: Extractor(model, backend=args.backend, precision=p) for p in precisions}
         t0 = time.perf_counter()
         tensors = torch.stack([eval_input(p) for p in files])
         prep_s = time.perf_counter() - t0
@@ -93,43 +97,56 @@ def bench_indexing(args) -> dict:
         folder.mkdir()
         for p in files:  # links: the indexer reads the same bytes, without copying 12 MP files around
             (folder / p.name).symlink_to(p.resolve())
-        bs = extractor.batch_size
-        extractor.embed_tensor(tensors[:bs])  # warm-up: kernel selection
+        for ex in extractors.values():
+            ex.embed_tensor(tensors[: ex.batch_size])  # warm-up: kernel selection
 
-        def model_only() -> float:
+        def model_only(ex) -> float:
             t = time.perf_counter()
-            for s in range(0, len(tensors), bs):
-                extractor.embed_tensor(tensors[s : s + bs])
+            for s in range(0, len(tensors), ex.batch_size):
+                ex.embed_tensor(tensors[s : s + ex.batch_size])
             return len(tensors) / (time.perf_counter() - t)
 
-        def end_to_end(trial: int) -> tuple[float, float]:
-            with Library.open(tmp / f"lib{trial}") as lib:
+        def end_to_end(name: str, precision: str, bs: int) -> tuple[float, float]:
+            with Library.open(tmp / name) as lib:
                 t = time.perf_counter()
-                report = index_library(lib, model, folders=[folder], batch_size=bs, backend=args.backend)
+                report = index_library(lib, model, folders=[folder], batch_size=bs, backend=args.backend,
+                                       precision=precision)
                 wall = time.perf_counter() - t
             assert report.failed == 0 and report.new == len(files), report.summary()
             return report.files_per_s, len(files) / wall
 
-        runs: dict[str, list[float]] = {"model": [], "pipeline": [], "wall": []}
+        runs = {p: {"model": [], "pipeline": [], "wall": []} for p in precisions}
         for trial in range(args.trials):
-            runs["model"].append(model_only())
-            pipe, wall = end_to_end(trial)
-            runs["pipeline"].append(pipe)
-            runs["wall"].append(wall)
-            print(f"  trial {trial + 1}: model {runs['model'][-1]:.1f} img/s, indexing {pipe:.1f} files/s "
-                  f"({wall:.1f} with scan and index write)", flush=True)
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    rows = [["model only (same Extractor, preprocessed tensors)", med["model"], 1.0],
-            ["index_library: read, hash, decode, thumbnail, model, commit", med["pipeline"],
-             med["pipeline"] / med["model"]],
-            ["index_library wall clock (with scan and vector files)", med["wall"], med["wall"] / med["model"]]]
-    print(table(["path", "img/s (median of 3)", "ratio to model only"], rows))
-    print(f"({extractor.backend} {extractor.precision}, batch {bs}, {extractor.workers} decode threads; "
-          f"preprocessing the model-only tensors took {prep_s:.1f} s, {len(files) / prep_s:.1f} files/s "
+            for p, ex in extractors.items():
+                r = runs[p]
+                r["model"].append(model_only(ex))
+                pipe, wall = end_to_end(f"lib{trial}-{p}", p, ex.batch_size)
+                r["pipeline"].append(pipe)
+                r["wall"].append(wall)
+                print(f"  trial {trial + 1} {p}: model {r['model'][-1]:.1f} img/s, indexing {pipe:.1f} files/s "
+                      f"({wall:.1f} with scan and index write)", flush=True)
+    results = {}
+    for p, ex in extractors.items():
+        med = {k: statistics.median(v) for k, v in runs[p].items()}
+        rows = [["model only (same Extractor, preprocessed tensors)", med["model"], 1.0],
+                ["index_library: read, hash, decode, thumbnail, model, commit", med["pipeline"],
+                 med["pipeline"] / med["model"]],
+                ["index_library wall clock (with scan and vector files)", med["wall"], med["wall"] / med["model"]]]
+        print(f"\n--precision {p}: {ex.backend} {ex.precision}, batch {ex.batch_size}, {ex.workers} decode threads")
+        print(table(["path", "img/s (median)", "ratio to model only"], rows))
+        results[p] = {"photos": len(files), "backend": ex.backend, "precision": ex.precision,
+                      "batch": ex.batch_size, "runs": runs[p], "median": med,
+                      "ratio": med["pipeline"] / med["model"], "ratio_wall": med["wall"] / med["model"]}
+    print(f"(preprocessing the model-only tensors took {prep_s:.1f} s, {len(files) / prep_s:.1f} files/s "
           "single-threaded)")
-    return {"photos": len(files), "backend": extractor.backend, "precision": extractor.precision, "batch": bs,
-            "runs": runs, "median": med,
-            "ratio": med["pipeline"] / med["model"], "ratio_wall": med["wall"] / med["model"]}
+    first = results[precisions[0]]
+    for p in precisions[1:]:
+        for key in ("model", "pipeline", "wall"):
+            first.setdefault("vs_first", {}).setdefault(p, {})[key] = (results[p]["median"][key]
+                                                                      / first["median"][key])
+        print(f"{p} / {precisions[0]}: model {first['vs_first'][p]['model']:.2f}x, indexing "
+              f"{first['vs_first'][p]['pipeline']:.2f}x, wall {first['vs_first'][p]['wall']:.2f}x")
+    return {**first, "by_precision": results} if len(results) > 1 else first
 
 
 # ---------------------------------------------------------------------------------------------------- search
@@ -318,6 +335,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
                     help="the Extractor backend of the indexing part")
+    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "int8"],
+                    help="indexing part: one or more precisions, alternated within each trial")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dims", type=int, nargs="+", default=[384, 768])
     ap.add_argument("--queries", type=int, default=200, help="held-out queries per index")
@@ -346,6 +365,8 @@ def main() -> None:
         name += f"_torch{args.torch_threads}"
     if args.backend != "auto":
         name += f"_{args.backend}"
+    if args.precisions != ["auto"]:
+        name += "_" + "_".join(args.precisions)
     print(f"\nsaved {save_json(name, out)}")
 
 
