@@ -36,11 +36,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def index_precision(int8: bool, device: str = "auto") -> str:
-    """The precision an indexing run asks for when the user prefers int8: int8 where the run lands on the CPU,
-    "auto" on a GPU or an OpenVINO device (int8 is a CPU path, and a preference must not fail a run there)."""
-    if not int8 or openvino_device(device):
+    """The precision an indexing run asks for when the user prefers int8: int8 where the run lands on a CPU that
+    runs OpenVINO's int8, "auto" elsewhere (a GPU, an OpenVINO device, no NNCF: a preference must neither fail a
+    run nor slow it down with torch's int8, which is slower than bf16). Never raises: a bad device is the run's
+    own error to report."""
+    from engine.runtime import int8_unavailable
+
+    if not int8 or openvino_device(device) or int8_unavailable() is not None:
         return "auto"
-    return "int8" if pick_device(device).type == "cpu" else "auto"
+    try:
+        return "int8" if pick_device(device).type == "cpu" else "auto"
+    except (RuntimeError, ValueError):
+        return "auto"
 
 
 @functools.cache

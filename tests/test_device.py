@@ -107,5 +107,14 @@ def test_an_int8_preference_applies_on_the_cpu_only(monkeypatch: pytest.MonkeyPa
     takes the automatic precision instead of failing with "int8 runs on the CPU only"."""
     assert dev.index_precision(True, "cpu") == "int8" and dev.index_precision(False, "cpu") == "auto"
     assert dev.index_precision(True, "GPU") == "auto" and dev.index_precision(True, "NPU") == "auto"
+    assert dev.index_precision(True, "cuda") == "auto"  # no GPU here: the run reports that, not the preference
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert dev.index_precision(True, "auto") == "auto"
+
+
+def test_an_int8_preference_without_nncf_indexes_at_the_automatic_precision(monkeypatch) -> None:
+    """torch's int8, the fallback, is slower than bf16: without NNCF (the bundle) the preference gives way."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    assert dev.index_precision(True, "cpu") == "auto"

@@ -151,3 +151,19 @@ def test_int8_without_nncf_falls_back_to_torch_int8(monkeypatch: pytest.MonkeyPa
     assert (ex.embed_tensor(photos).cls * reference).sum(1).min() >= 0.99
     with pytest.raises(BackendUnavailable, match="needs NNCF"):
         Extractor(tiny_backbone(seed=7), device="cpu", precision="int8", backend="openvino")
+
+
+def test_a_build_that_failed_is_not_tried_again_in_the_same_process(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog) -> None:
+    """The folder watcher makes an Extractor per batch: a conversion or quantisation that failed (here: nothing to
+    calibrate int8 on) costs its seconds once, and the later batches go straight to torch with the same reason."""
+    monkeypatch.delenv("DINOSCOPE_BACKEND", raising=False)
+    model = tiny_backbone(seed=11)
+    nothing = torch.zeros(0, 3, 224, 224)
+    with caplog.at_level(logging.INFO, logger="dinoscope.runtime"):
+        first = Extractor(model, device="cpu", precision="int8", calibration=nothing)
+        again = Extractor(model, device="cpu", precision="int8", calibration=nothing)
+    assert (first.backend, again.backend) == ("torch", "torch")
+    lines = runtime_lines(caplog)
+    assert len(lines) == 2 and all("none were found" in line for line in lines)
+    assert "not tried again" not in lines[0] and "not tried again" in lines[1]

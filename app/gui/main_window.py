@@ -460,17 +460,21 @@ class MainWindow(PhotoActions, QMainWindow):
         dlg = ModelManager(self.runner, self.models.source, self, text_source=self.text.source,
                            index_int8=self.models.index_int8)
         dlg.model_chosen.connect(self.use_model)
-        dlg.index_int8_changed.connect(self.set_index_int8)
         dlg.text_source_chosen.connect(self.text.set_source)
         dlg.text_index_requested.connect(lambda: self.text_actions.index_library())
         dlg.exec()
+        if dlg.int8_box.isEnabled() and dlg.int8_box.isChecked() != self.models.index_int8:
+            self.set_index_int8(dlg.int8_box.isChecked())  # once, when the dialog closes: not per click
 
-    def set_index_int8(self, on: bool) -> None:
+    def set_index_int8(self, on: bool) -> Task | None:
         """Photos indexed from now on (by the window and the folder watcher) use int8 on the CPU; vectors already
-        stored stay, since both precisions search together."""
+        stored stay, since both precisions search together. A running watcher restarts with it: stopped in a
+        worker (it may be loading its model or quantising, and the UI must not wait for that), then started."""
         self.models.set_index_int8(on)
-        if self.watcher.running:
-            self.watch_library()  # a new target: the watcher restarts with the new precision
+        if not self.watcher.running:
+            return None
+        task = Task(lambda _report, _cancelled: self.watcher.stop(), name="watch-restart")
+        return self.run_task(task, "Restarting the folder watcher", on_done=lambda _r: self.watch_library())
 
     def use_model(self, source: str) -> Task | None:
         """A model picked in the model manager: searches need the library's vectors from it, so index with it

@@ -15,11 +15,11 @@ library), so one quantised model per checkpoint is cached, whichever library is 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +57,20 @@ def _sample_files() -> list[Path]:
 
 
 def sample_digest(size: int = 224) -> str:
-    """The default calibration set's identity from its file names and sizes: a cached int8 model is found
-    without decoding the photos again."""
+    """The default calibration set's identity from its files' names and bytes (about 5 MB, milliseconds): a cached
+    int8 model is found without decoding the photos again, and a replaced photo makes another."""
     h = hashlib.blake2b(digest_size=8)
     h.update(f"sample:{size}".encode())
     root = sample_folder()
     for p in _sample_files():
-        h.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}\n".encode())
+        h.update(f"{p.relative_to(root).as_posix()}\n".encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
 def calibration_images(size: int = 224) -> torch.Tensor:
-    """The sample library's photos through the eval transform, (N, 3, size, size); empty when there are none."""
+    """The sample library's photos through the eval transform, (N, 3, size, size); empty when there are none.
+    Not kept: it is needed once per model, when it is quantised."""
     from engine.imageio import load_rgb
     from engine.transforms import eval_transform
 
@@ -95,12 +96,15 @@ def calibration_digest(images: torch.Tensor) -> str:
 def quantize(model, images: torch.Tensor):
     """The converted `ov.Model` with int8 weights and activations on its linears (but `KEEP_FLOAT`)."""
     nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
     if len(images) == 0:
         raise BackendUnavailable("int8 needs photos to calibrate on, and none were found")
-    data = nncf.Dataset([np.ascontiguousarray(x[None].numpy(), dtype=np.float32) for x in images])
     try:
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            AdvancedSmoothQuantParameters,
+        )
+
+        data = nncf.Dataset([np.ascontiguousarray(x[None].numpy(), dtype=np.float32) for x in images])
         with _quiet_nncf():
             return nncf.quantize(
                 model, data, subset_size=len(images), model_type=nncf.ModelType.TRANSFORMER,
@@ -112,20 +116,33 @@ def quantize(model, images: torch.Tensor):
         raise BackendUnavailable(f"NNCF could not quantise the model ({type(e).__name__}: {e})") from e
 
 
+# One quantisation at a time: _quiet_nncf swaps process-wide state (sys.stdout, NNCF's log levels and streams).
+_QUANTIZING = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_nncf():
     """NNCF logs INFO lines and draws progress bars on stdout, which is the CLI's output (`embed`, `search` print
-    results there): keep its warnings, drop the rest while it quantises."""
+    results there): its warnings go to stderr, the rest is dropped while it quantises. sys.stdout is swapped for
+    the whole process meanwhile (rich finds its console there), so another thread's prints in those seconds are
+    lost too; nothing in Dinoscope prints to stdout while it indexes."""
     nncf_log = logging.getLogger("nncf")
-    levels = [(h, h.level) for h in nncf_log.handlers] + [(nncf_log, nncf_log.level)]
-    for obj, _ in levels:
-        obj.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # rich's progress bars write to sys.stdout
-            yield
-    finally:
-        for obj, level in levels:
-            obj.setLevel(level)
+    with _QUANTIZING:
+        saved = [(h, h.level, h.setStream(sys.stderr) if isinstance(h, logging.StreamHandler) else None)
+                 for h in nncf_log.handlers]
+        level = nncf_log.level
+        nncf_log.setLevel(logging.WARNING)
+        for h, _, _ in saved:
+            h.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # rich's progress bars write to sys.stdout
+                yield
+        finally:
+            nncf_log.setLevel(level)
+            for h, h_level, stream in saved:
+                h.setLevel(h_level)
+                if stream is not None:
+                    h.setStream(stream)
 
 
 def nncf_version() -> str:

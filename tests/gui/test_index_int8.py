@@ -51,18 +51,24 @@ def test_int8_is_greyed_out_with_the_reason_where_nncf_is_missing(qtbot, monkeyp
     assert "needs nncf" in dlg.int8_box.toolTip()
 
 
-def test_the_folder_watcher_indexes_new_photos_in_int8_when_chosen(qtbot, family_window, family, skimage_data_dir,
-                                                                  monkeypatch) -> None:
+def test_the_folder_watcher_restarts_in_int8_when_chosen(qtbot, family_window, family, skimage_data_dir,
+                                                         monkeypatch) -> None:
+    """Ticked while the watcher runs: it is stopped in a worker (not on the UI thread) and started again, and the
+    next photo copied in is indexed in int8."""
     from PIL import Image
 
     monkeypatch.setenv("DINOSCOPE_WATCH", "1")
     win = family_window
     win.watcher.set_enabled(True)
+    win.watch_library()
+    # after the start-up loads, each of which asks the watcher to start when it ends (their signals come queued)
+    qtbot.waitUntil(lambda: win.watcher.running and all(t.outcome for t in win._warming), timeout=30000)
+    qtbot.wait(300)
     batches: list = []
     win.watcher.changed.connect(batches.append)
-    win.set_index_int8(True)
-    win.watch_library()
-    qtbot.waitUntil(lambda: win.watcher.running, timeout=30000)
+    restart = win.set_index_int8(True)
+    assert restart is not None
+    qtbot.waitUntil(lambda: restart.outcome == "finished" and win.watcher.running, timeout=30000)
     Image.open(skimage_data_dir / "camera.png").convert("RGB").save(family[0] / "things" / "camera.jpg")
     qtbot.waitUntil(lambda: bool(batches), timeout=60000)
     assert batches[0].report.new == 1 and batches[0].report.runtime.endswith(" int8")
