@@ -22,6 +22,14 @@ def dinoscope_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     # Extractors run on torch unless a test asks for OpenVINO (tests/test_runtime*.py): converting every tiny
     # model to OpenVINO would cost seconds per test.
     monkeypatch.setenv("DINOSCOPE_BACKEND", "torch")
+    # Each test starts without the OpenVINO builds that failed in earlier tests of this process (kept per process
+    # so that the folder watcher does not retry them per batch): a test that breaks a conversion on purpose must
+    # not turn a later test's model, with the same weights, into a torch fallback.
+    import sys
+
+    ov_backend = sys.modules.get("engine.runtime.openvino_backend")
+    if ov_backend is not None:
+        ov_backend._FAILED.clear()
     return home
 
 
