@@ -13,7 +13,9 @@ _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 linears. torch.ao marks this API deprecated (torchao replaces it) but 2.13 still ships it."""
+    """Dynamic int8 linears, in place: the caller passes its own folded copy, and a second full-size float copy
+    (quantize_dynamic's default) costs gigabytes for ViT-L/g. torch.ao marks this API deprecated (torchao replaces
+    it) but 2.13 still ships it."""
     import warnings
 
     from torch.ao.quantization import quantize_dynamic
@@ -21,7 +23,7 @@ def _quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 class TorchRuntime:
