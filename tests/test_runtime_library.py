@@ -71,6 +71,7 @@ def test_cli_embed_and_index_take_the_backend(tmp_path: Path, folder: Path) -> N
     r = cli("index", str(folder), "--library", str(tmp_path / "lib"), "--model", str(checkpoint),
             "--backend", "openvino", "--device", "cpu")
     assert r.returncode == 0, r.stderr
+    assert f"model {checkpoint}: openvino " in r.stderr  # says what embedded the photos
     r = cli("embed", str(folder), "--model", str(checkpoint), "--backend", "onnx", "--out", str(tmp_path / "x.npy"))
     assert r.returncode == 2 and "invalid choice: 'onnx'" in r.stderr
     r = cli("embed", str(folder), "--model", str(checkpoint), "--device", "NPU", "--out", str(tmp_path / "x.npy"))

@@ -232,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         progress.close()
+        if report.runtime:  # which backend and precision ran (int8 falls back to torch where NNCF is missing)
+            print(f"model {args.model}: {report.runtime}", file=sys.stderr)
         if not report.cancelled and report.model_id is not None:  # new photos join their stacks (engine.stacks)
             from engine.stacks import update_stacks
 
