@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from engine.assets import assets_dir
 
-def assets_dir() -> Path:
-    frozen = getattr(sys, "_MEIPASS", None)
-    if frozen:
-        return Path(frozen) / "assets"
-    return Path(__file__).resolve().parents[2] / "assets"
+__all__ = ["asset_path", "assets_dir"]
 
 
 def asset_path(relative: str) -> Path:

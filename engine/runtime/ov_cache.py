@@ -26,8 +26,8 @@ _LEN = struct.Struct("<I")
 ENGINE = Path(__file__).resolve().parents[1]
 # What a blob computes is decided by these sources (relative to engine/; a folder means its .py files): the
 # backbone and its layers, the config, the layer-scale fold, the fixed-size wrapper that is converted and the int8
-# recipe. Weights
-# alone do not identify a blob: an update that changes any of these must not find the old graph in the cache.
+# recipe. Weights alone do not identify a blob: an update that changes any of these must not find the old graph in
+# the cache.
 CONVERSION_SOURCES = ("models/vision_transformer.py", "models/config.py", "models/fuse.py", "models/layers",
                       "runtime/openvino_backend.py", "runtime/ov_int8.py")
 

@@ -4,9 +4,8 @@ The recipe was chosen by measurement on an AVX-512-VNNI CPU (random ViT-S/14 and
 fp32 on sample photos the calibration did not see; README, Benchmarks): NNCF's transformer preset quantised every
 linear and gave 0.965; without SmoothQuant 0.987; keeping each block's attention output projection in float gave
 0.9994-0.9995 (with SmoothQuant on, 0.9992: it matters little then), at 1.3x (ViT-S) to 1.6x (ViT-B) the bf16 speed,
-5 % below quantising that projection too. The projection's input is the attention
-output, whose per-channel ranges differ most. Everything left in float runs at the compiled precision (bf16 on
-CPUs that have it).
+5 % below quantising that projection too. Everything left in float runs at the compiled precision (bf16 on CPUs
+that have it).
 
 The default calibration set is the sample library shipped with Dinoscope (natural photos, the same for every
 library), so one quantised model per checkpoint is cached, whichever library is indexed.
@@ -15,6 +14,7 @@ library), so one quantised model per checkpoint is cached, whichever library is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -46,19 +46,20 @@ def import_nncf():
 
 
 def sample_folder() -> Path:
-    """assets/sample in a source checkout, or inside the PyInstaller bundle."""
-    frozen = getattr(sys, "_MEIPASS", None)
-    root = Path(frozen) if frozen else Path(__file__).resolve().parents[2]
-    return root / "assets" / "sample"
+    from engine.assets import assets_dir
+
+    return assets_dir() / "sample"
 
 
 def _sample_files() -> list[Path]:
     return sorted(p for p in sample_folder().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_CALIBRATION]
 
 
+@functools.cache
 def sample_digest(size: int = 224) -> str:
-    """The default calibration set's identity from its files' names and bytes (about 5 MB, milliseconds): a cached
-    int8 model is found without decoding the photos again, and a replaced photo makes another."""
+    """The default calibration set's identity from its files' names and bytes: a cached int8 model is found without
+    decoding the photos again, and a replaced photo makes another. Once per process (the assets do not change
+    under a running app; the folder watcher makes an extractor per batch)."""
     h = hashlib.blake2b(digest_size=8)
     h.update(f"sample:{size}".encode())
     root = sample_folder()

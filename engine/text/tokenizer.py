@@ -12,7 +12,6 @@ import functools
 import gzip
 import html
 import os
-import sys
 import zlib
 from pathlib import Path
 
@@ -32,9 +31,9 @@ class VocabularyError(ValueError):
 
 def default_vocab_path() -> Path:
     """assets/text/ in a source checkout, or inside the PyInstaller bundle."""
-    frozen = getattr(sys, "_MEIPASS", None)
-    root = Path(frozen) if frozen else Path(__file__).resolve().parents[2]
-    return root / "assets" / "text" / VOCAB_NAME
+    from engine.assets import assets_dir
+
+    return assets_dir() / "text" / VOCAB_NAME
 
 
 @functools.cache
