@@ -26,10 +26,11 @@ ALLOWED_CYCLES = {
                                       "preview with imageio's JPEG path; both imports are inside functions",
 }
 
-# engine basics: what everything stands on (image I/O, transforms, atomic writes, the vocabulary of long tasks, the
-# backbone and its inference); they import nothing of the engine but each other
+# engine basics: what everything stands on (image I/O, transforms, atomic writes, the vocabulary of long tasks,
+# where bundled assets live, the backbone and its inference); they import nothing of the engine but each other
 BASICS = {"engine.imageio", "engine.transforms", "engine.preprocess", "engine.atomic", "engine.progress",
-          "engine.data_home", "engine.device", "engine.faiss_runtime", "engine.raw", "engine.extract"}
+          "engine.data_home", "engine.assets", "engine.device", "engine.faiss_runtime", "engine.raw",
+          "engine.extract"}
 LAYERS = {"app": 4, "trainer": 3, "features": 2, "store": 1, "basics": 0}
 
 
